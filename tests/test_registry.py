@@ -1,0 +1,45 @@
+"""Registry-wide: every registered implementation against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from course_lib import registry, runtime
+from course_lib.registry import Sizes
+from course_lib.testing import compare
+
+# Awkward sizes: T=1, B=1, T not a multiple of any chunk, odd head dims.
+SIZES = [
+    Sizes(B=1, T=1, H=1, K=3, V=5, D=3, N=2),
+    Sizes(B=2, T=37, H=2, K=7, V=5, D=5, N=3),
+    Sizes(B=1, T=65, H=3, K=16, V=12, D=4, N=8),
+]
+
+CPU_IMPLS = [
+    (impl, case)
+    for impl, case in registry.iter_cases()
+    if impl.backend != "triton" or runtime.triton_available()
+]
+
+
+def _dtypes(impl: registry.Impl) -> list[str]:
+    if impl.backend == "numpy":
+        return ["float64"]
+    if impl.backend == "torch":
+        return ["float64", "float32"]
+    return ["float32"]  # the interpreter has no bf16; fp16/bf16 are tested on the GPU
+
+
+@pytest.mark.parametrize(("impl", "case"), CPU_IMPLS, ids=lambda p: getattr(p, "name", p))
+def test_matches_reference(impl: registry.Impl, case: str) -> None:
+    sizes = SIZES if impl.backend != "triton" else SIZES[:2]
+    for seed, size in enumerate(sizes):
+        for dtype in _dtypes(impl):
+            result = compare(impl, case, size, dtype=dtype, seed=seed)
+            assert result.ok, f"{result} at {size}"
+
+
+def test_every_mechanism_has_numpy_and_torch() -> None:
+    for name in registry.mechanisms():
+        backends = {impl.backend for impl in registry.implementations(name)}
+        assert {"numpy", "torch"} <= backends, f"{name} has only {sorted(backends)}"
