@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in runtime.report().items():
         print(f"{key:>12}: {value}")
     impls = registry.implementations()
-    print(f"{'registry':>12}: {len(registry.mechanisms())} mechanisms, {len(impls)} implementations")
+    print(
+        f"{'registry':>12}: {len(registry.mechanisms())} mechanisms, {len(impls)} implementations"
+    )
     if args.list:
         for impl in impls:
             print(f"{'':>14}{impl.name}")
