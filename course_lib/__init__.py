@@ -33,6 +33,7 @@ _SUBMODULES = {
     "viz",
     "grading",
     "tasks",
+    "notebook_tools",
 }
 
 
