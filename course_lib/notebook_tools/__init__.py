@@ -48,3 +48,16 @@ def on_gpu() -> bool:
     from course_lib import runtime
 
     return runtime.default_device() == "cuda"
+
+
+def show_source(obj: object) -> None:
+    """Display the source of a library function or class as highlighted Python.
+
+    Chapters show the library's code where the code is the lesson, instead of keeping a
+    second copy of it in the notebook.
+    """
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
