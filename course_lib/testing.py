@@ -80,20 +80,21 @@ def to_backend(
         return dict(inputs)
     import torch
 
-    out: dict[str, Any] = {}
-    for name, value in inputs.items():
-        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.inexact):
-            complex_ = np.iscomplexobj(value)
-            want = "float32" if name in fp32_inputs and dtype in ("float16", "bfloat16") else dtype
-            if complex_:
-                want = "complex128" if dtype == "float64" else "complex64"
-            t = torch.from_numpy(value).to(device=device, dtype=getattr(torch, want))
-            if requires_grad and not complex_:
-                t.requires_grad_(True)
-            out[name] = t
-        else:
-            out[name] = value
-    return out
+    def convert(name: str, value: Any) -> Any:
+        if isinstance(value, (tuple, list)):  # a state pair such as (S, z)
+            return type(value)(convert(name, item) for item in value)
+        if not (isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.inexact)):
+            return value
+        complex_ = np.iscomplexobj(value)
+        want = "float32" if name in fp32_inputs and dtype in ("float16", "bfloat16") else dtype
+        if complex_:
+            want = "complex128" if dtype == "float64" else "complex64"
+        t = torch.from_numpy(value).to(device=device, dtype=getattr(torch, want))
+        if requires_grad and not complex_:
+            t.requires_grad_(True)
+        return t
+
+    return {name: convert(name, value) for name, value in inputs.items()}
 
 
 def flatten(outputs: Any) -> list[Any]:

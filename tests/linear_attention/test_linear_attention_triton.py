@@ -1,0 +1,222 @@
+"""The chunkwise Triton kernels (CPU interpreter here, compiled on a GPU) against float64.
+
+Outputs, final states and gradients (dq, dk, dv, d initial_state) at awkward sizes: T = 1
+and T around a chunk boundary, head dims 16 and 60 (not a power of two), with and without
+the normaliser and the initial state. Outputs are poisoned with NaN before the kernels run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import runtime
+from course_lib.linear_attention import numpy_ref, torch_impl
+from course_lib.linear_attention.feature_maps import feature_map
+from course_lib.testing import TOLERANCE, flatten, rel_error
+
+pytestmark = pytest.mark.skipif(not runtime.triton_available(), reason="Triton is not installed")
+
+DEVICE = "cuda" if runtime.triton_mode() == "compiled" else "cpu"
+
+# (B, T, H, K, V, normalize, with_init, chunk_size)
+CASES = [
+    (1, 1, 1, 16, 16, False, True, 64),
+    (1, 63, 2, 16, 12, False, False, 64),
+    (1, 65, 1, 60, 20, False, True, 64),
+    (2, 65, 1, 16, 7, True, True, 32),
+    (1, 63, 1, 60, 5, True, False, 16),
+    (1, 1, 1, 60, 3, True, True, 64),
+    # several tiles: K = 130 and V = 72 (V + 1 = 131 with the normaliser) span more than
+    # one block of the state kernel (64) and of the output kernel (128)
+    (1, 17, 1, 130, 72, False, True, 16),
+    (1, 40, 1, 72, 130, True, True, 32),
+]
+
+
+def _tk():
+    from course_lib.linear_attention import triton_kernels
+
+    return triton_kernels
+
+
+def _draw(seed, B, T, H, K, V, normalize):
+    """q, k (positive when normalising: phi = elu + 1 applied), v, S0, z0, dO, dS, dz."""
+    rng = np.random.default_rng(seed)
+    q, k = rng.standard_normal((B, T, H, K)), rng.standard_normal((B, T, H, K))
+    if normalize:
+        q, k = feature_map(q, "elu1"), feature_map(k, "elu1")
+    return {
+        "q": q,
+        "k": k,
+        "v": rng.standard_normal((B, T, H, V)),
+        "S0": rng.standard_normal((B, H, K, V)),
+        "z0": rng.uniform(0.5, 1.5, (B, H, K)),
+        "do": rng.standard_normal((B, T, H, V)),
+        "dS": rng.standard_normal((B, H, K, V)),
+        "dz": rng.standard_normal((B, H, K)),
+    }
+
+
+def _run(fn, x, normalize, with_init, dtype, **kwargs):
+    """Forward, then backward of sum(o * dO) + sum(S_T * dS) (+ sum(z_T * dz))."""
+    names = ["q", "k", "v"] + (["S0", "z0"] if normalize else ["S0"]) * with_init
+    t = {n: torch.tensor(x[n], dtype=dtype, device=DEVICE, requires_grad=True) for n in names}
+    state = None
+    if with_init:
+        state = (t["S0"], t["z0"]) if normalize else t["S0"]
+    o, final = fn(
+        t["q"],
+        t["k"],
+        t["v"],
+        normalize=normalize,
+        initial_state=state,
+        output_final_state=True,
+        **kwargs,
+    )
+    outs = [o, *flatten(final)]
+    weights = [x["do"], x["dS"]] + ([x["dz"]] if normalize else [])
+    loss = sum(
+        (y.double() * torch.from_numpy(w).to(DEVICE)).sum()
+        for y, w in zip(outs, weights, strict=True)
+    )
+    loss.backward()
+    return outs, [t[n].grad for n in names]
+
+
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: "B{}-T{}-H{}-K{}-V{}-norm{}-init{}-C{}".format(*c)
+)
+def test_chunk_kernels_against_float64(case) -> None:
+    B, T, H, K, V, normalize, with_init, C = case
+    x = _draw(0, B, T, H, K, V, normalize)
+    with runtime.poison_outputs():
+        outs, grads = _run(
+            _tk().chunk_linear_attention, x, normalize, with_init, torch.float32, chunk_size=C
+        )
+    for y in outs:
+        assert y.dtype == torch.float32
+    state = None
+    if with_init:
+        state = (x["S0"], x["z0"]) if normalize else x["S0"]
+    ref = numpy_ref.linear_attention_recurrent(
+        x["q"],
+        x["k"],
+        x["v"],
+        feature_map=None,
+        normalize=normalize,
+        initial_state=state,
+        output_final_state=True,
+    )
+    if normalize:  # gradients from float64 autograd of the torch reference
+        _, ref_grads = _run(torch_impl.linear_attention_parallel, x, True, with_init, torch.float64)
+    else:  # the closed-form reverse recurrences of numpy_ref
+        dq, dk, dv, dS0 = numpy_ref.linear_attention_backward(
+            x["q"], x["k"], x["v"], x["do"], initial_state=state, d_final_state=x["dS"]
+        )
+        ref_grads = [dq, dk, dv] + [dS0] * with_init
+    tol = TOLERANCE["float32"]
+    names = ["o", "S_T", "z_T", "dq", "dk", "dv", "dS0", "dz0"]
+    got, want = outs + grads, flatten(ref) + ref_grads
+    labels = names[: len(outs)] + names[3 : 3 + len(grads)]
+    assert len(got) == len(want)
+    for label, g, r in zip(labels, got, want, strict=True):
+        err = rel_error(g, r)
+        assert err <= tol, f"{label}: relative error {err:.2e} > {tol}"
+
+
+def test_registered_wrapper_applies_the_feature_map() -> None:
+    x = _draw(1, 1, 20, 2, 16, 8, False)
+    q, k, v = (torch.tensor(x[n], dtype=torch.float32) for n in ("q", "k", "v"))
+    S0, z0 = torch.tensor(x["S0"]), torch.tensor(x["z0"])
+    with runtime.poison_outputs():
+        o, (S, z) = _tk().linear_attention_chunkwise(
+            q,
+            k,
+            v,
+            feature_map="elu1",
+            normalize=True,
+            initial_state=(S0, z0),
+            output_final_state=True,
+            chunk_size=16,
+        )
+    ref = numpy_ref.linear_attention_recurrent(
+        x["q"],
+        x["k"],
+        x["v"],
+        feature_map="elu1",
+        normalize=True,
+        initial_state=(x["S0"], x["z0"]),
+        output_final_state=True,
+    )
+    for g, r in zip((o, S, z), flatten(ref), strict=True):
+        assert rel_error(g, r) <= TOLERANCE["float32"]
+
+
+def test_non_contiguous_inputs() -> None:
+    """Views with other strides (here [B, H, T, K] transposed) are made contiguous first."""
+    x = _draw(2, 1, 33, 2, 16, 16, False)
+    q, k, v = (
+        torch.tensor(x[n], dtype=torch.float32).transpose(1, 2).contiguous().transpose(1, 2)
+        for n in ("q", "k", "v")
+    )
+    assert not q.is_contiguous()
+    with runtime.poison_outputs():
+        o, _ = _tk().chunk_linear_attention(q, k, v, chunk_size=16)
+    ref, _ = numpy_ref.linear_attention_recurrent(x["q"], x["k"], x["v"])
+    assert rel_error(o, ref) <= TOLERANCE["float32"]
+
+
+@pytest.mark.parametrize(
+    ("B", "H", "K", "V", "with_state"),
+    [(2, 2, 60, 20, True), (1, 1, 130, 3, False), (1, 3, 16, 16, True)],
+)
+def test_decode_step_kernel(B, H, K, V, with_state) -> None:
+    rng = np.random.default_rng(3)
+    q_t, k_t = rng.standard_normal((B, H, K)), rng.standard_normal((B, H, K))
+    v_t, S = rng.standard_normal((B, H, V)), rng.standard_normal((B, H, K, V))
+    state = S if with_state else None
+    ref_o, ref_S = numpy_ref.linear_attention_step(q_t, k_t, v_t, state, scale=0.3)
+    t = [torch.tensor(a, dtype=torch.float32, device=DEVICE) for a in (q_t, k_t, v_t, S)]
+    with runtime.poison_outputs():
+        o, S_new = _tk().linear_attention_decode_step(
+            *t[:3], t[3] if with_state else None, scale=0.3
+        )
+    assert o.shape == (B, H, V) and S_new.dtype == torch.float32
+    assert rel_error(o, ref_o) <= TOLERANCE["float32"]
+    assert rel_error(S_new, ref_S) <= TOLERANCE["float32"]
+
+
+# ---------------------------------------------------------------- compiled, on a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_low_precision_on_gpu(dtype, normalize) -> None:
+    if dtype == "bfloat16" and not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
+    B, T, H, K, V = 2, 1000, 2, 64, 96
+    x = _draw(4, B, T, H, K, V, normalize)
+    x = {n: a * (0.5 if n in ("q", "k") and not normalize else 1.0) for n, a in x.items()}
+    with runtime.poison_outputs():
+        outs, grads = _run(_tk().chunk_linear_attention, x, normalize, True, getattr(torch, dtype))
+    assert outs[0].dtype == getattr(torch, dtype)
+    ref_outs, ref_grads = _run(
+        torch_impl.linear_attention_chunkwise, x, normalize, True, torch.float64
+    )
+    for g, r in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_error(g, r) <= TOLERANCE[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [4096 + 17, 65536])
+def test_long_sequences_on_gpu(T) -> None:
+    B, H, K, V = 1, 2, 128, 128
+    x = _draw(5, B, T, H, K, V, False)
+    with runtime.poison_outputs():
+        outs, grads = _run(_tk().chunk_linear_attention, x, False, True, torch.bfloat16)
+    ref_outs, ref_grads = _run(torch_impl.linear_attention_chunkwise, x, False, True, torch.float64)
+    for g, r in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_error(g, r) <= TOLERANCE["bfloat16"]
