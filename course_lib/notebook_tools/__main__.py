@@ -26,15 +26,53 @@ def stamp(path: str) -> bool:
     return True
 
 
+def execute(path: str, timeout: int, out_dir: str | None) -> tuple[float, str | None]:
+    """Run a notebook top to bottom in a fresh kernel; (seconds, first error or None)."""
+    import time
+    from pathlib import Path
+
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    error = None
+    try:
+        NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(Path(path).parent)}},
+        ).execute()
+    except CellExecutionError as exc:
+        error = str(exc).strip().splitlines()[-1]
+    seconds = time.perf_counter() - start
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(Path(out_dir) / Path(path).name))
+    return seconds, error
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.notebook_tools")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("stamp", help="write the setup cell into notebooks")
     p.add_argument("notebooks", nargs="+")
+    r = sub.add_parser("run", help="execute notebooks in fresh kernels and report times")
+    r.add_argument("notebooks", nargs="+")
+    r.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    r.add_argument("--out", default=None, help="folder for the executed copies")
     args = parser.parse_args(argv)
+    if args.command == "stamp":
+        for path in args.notebooks:
+            print(("stamped " if stamp(path) else "up to date ") + path)
+        return 0
+    failed = 0
     for path in args.notebooks:
-        print(("stamped " if stamp(path) else "up to date ") + path)
-    return 0
+        seconds, error = execute(path, args.timeout, args.out)
+        failed += error is not None
+        print(f"{path}: {seconds:.1f} s" + (f"  ERROR {error}" if error else "  ok"), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
