@@ -10,6 +10,7 @@ from __future__ import annotations
 
 REPO_URL = "https://github.com/linearizing-attention/linearizing-attention"
 SETUP_TAG = "course-setup"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 _SETUP = """# Course setup: on Colab this installs the course; everywhere it reports the device.
 import importlib.util, os, subprocess, sys
@@ -28,7 +29,7 @@ def setup_cell_source() -> str:
     return _SETUP.format(url=REPO_URL)
 
 
-def setup_report(verbose: bool = False) -> dict[str, str]:
+def setup_report(verbose: bool = False) -> None:
     """Print the device and Triton mode in one line (all versions with ``verbose``)."""
     from course_lib import runtime
 
@@ -40,7 +41,6 @@ def setup_report(verbose: bool = False) -> dict[str, str]:
     if verbose:
         for key, value in info.items():
             print(f"{key:>12}: {value}")
-    return info
 
 
 def on_gpu() -> bool:

@@ -6,16 +6,18 @@ import argparse
 
 import nbformat
 
-from course_lib.notebook_tools import SETUP_TAG, setup_cell_source
+from course_lib.notebook_tools import KERNELSPEC, SETUP_TAG, setup_cell_source
 
 
 def stamp(path: str) -> bool:
     """Make the first code cell of ``path`` the setup cell; True if the file changed."""
     nb = nbformat.read(path, as_version=4)
     source = setup_cell_source()
+    changed = nb.metadata.get("kernelspec") != KERNELSPEC
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     first = next((c for c in nb.cells if c.cell_type == "code"), None)
     if first is not None and SETUP_TAG in first.metadata.get("tags", []):
-        if first.source == source:
+        if first.source == source and not changed:
             return False
         first.source = source
     else:

@@ -1,0 +1,168 @@
+"""The course as a learner meets it: JupyterLab 4 in a real Chromium, driven by Playwright.
+
+Starts ``jupyter lab`` on loopback with a token over a copy of the notebooks, opens each
+chapter with a widget, runs all cells, and checks that no cell shows an error, that every
+widget rendered, and that moving each widget's first control changes its figure (the PNG
+bytes differ). Screenshots go to ``$COURSE_ARTIFACTS`` (default ``.ci/artifacts``).
+
+Needs Debian's Chromium at /usr/bin/chromium (``.ci/run`` installs it); the browser is never
+downloaded. The server and the browser are stopped at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHAPTERS = os.environ.get("COURSE_BROWSER_CHAPTERS", "").split() or [
+    "00_setup",
+    "03_recurrent_view",
+    "04_gated_linear_attention",
+    "05_state_space_models",
+    "07_selective_ssm_mamba",
+    "09_runtime_scaling",
+]
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    work = tmp_path_factory.mktemp("lab")
+    for name in CHAPTERS:
+        shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", work)
+    if (ROOT / "benchmarks").exists():
+        shutil.copytree(ROOT / "benchmarks", work.parent / "benchmarks", dirs_exist_ok=True)
+    token, port = secrets.token_hex(16), _free_port()
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}",
+           "--ServerApp.open_browser=False", "--allow-root", "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=True"]  # fmt: skip
+    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("jupyter lab did not start:\n" + (work / "server.log").read_text())
+        yield f"{base}|{token}", work
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _artifacts() -> Path:
+    path = Path(os.environ.get("COURSE_ARTIFACTS", ROOT / ".ci" / "artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run_all(page) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def _busy(page) -> bool:
+    prompts = page.locator(".jp-InputArea-prompt").all_inner_texts()
+    return any("*" in p for p in prompts)
+
+
+def _figure_images(page) -> list[str]:
+    return page.eval_on_selector_all(
+        ".jp-OutputArea-output img", "els => els.map(e => e.getAttribute('src') || '')"
+    )
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_chapter_runs_and_widgets_respond(lab, browser, chapter: str) -> None:
+    url_token, work = lab
+    base, token = url_token.split("|")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{base}/lab/tree/{chapter}.ipynb?token={token}")
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+        _run_all(page)
+        page.wait_for_timeout(2000)
+        deadline = time.time() + 240
+        while _busy(page) and time.time() < deadline:
+            page.wait_for_timeout(1000)
+        page.screenshot(path=str(_artifacts() / f"{chapter}_ran.png"), full_page=False)
+        assert not _busy(page), f"{chapter}: cells still running after 240 s"
+        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
+        assert not tracebacks, f"{chapter}: error output\n{tracebacks[0][:2000]}"
+        widgets = page.locator(".jupyter-widgets.widget-hbox, .jupyter-widgets.widget-box")
+        assert widgets.count() >= 1, f"{chapter}: no widget rendered"
+        page.screenshot(path=str(_artifacts() / f"{chapter}_before.png"), full_page=False)
+        moved = 0
+        for i in range(widgets.count()):
+            box = widgets.nth(i)
+            box.scroll_into_view_if_needed()
+            before = _figure_images(page)
+            slider = box.locator(".noUi-handle, .ui-slider-handle").first
+            if slider.count() == 0:
+                continue
+            slider.focus()
+            for _ in range(3):
+                page.keyboard.press("ArrowLeft")
+            page.wait_for_timeout(300)
+            for _ in range(60):
+                if _figure_images(page) != before:
+                    break
+                page.wait_for_timeout(500)
+            assert _figure_images(page) != before, f"{chapter}: widget {i}'s figure did not change"
+            moved += 1
+            box.screenshot(path=str(_artifacts() / f"{chapter}_widget{i}_moved.png"))
+        assert moved >= 1, f"{chapter}: no widget had a slider to move"
+        page.screenshot(path=str(_artifacts() / f"{chapter}_after.png"), full_page=False)
+    finally:
+        page.close()
+    saved = json.loads((work / f"{chapter}.ipynb").read_text())
+    assert saved["cells"], "the notebook copy is empty"
