@@ -108,6 +108,24 @@ def _run_all(page) -> None:
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
 
+def _accept_dialogs(page) -> None:
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    if accept.count():
+        accept.first.click()
+
+
+def _wait_idle(page, seconds: float = 120) -> None:
+    """Wait for the kernel to be started and idle (accepting a kernel-choice dialog)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        _accept_dialogs(page)
+        status = " ".join(page.locator(".jp-StatusBar-TextItem").all_inner_texts())
+        if "| Idle" in status:
+            return
+        page.wait_for_timeout(500)
+    raise AssertionError(f"kernel not idle after {seconds} s: {status!r}")
+
+
 def _busy(page) -> bool:
     prompts = page.locator(".jp-InputArea-prompt").all_inner_texts()
     return any("*" in p for p in prompts)
@@ -127,7 +145,7 @@ def test_chapter_runs_and_widgets_respond(lab, browser, chapter: str) -> None:
     try:
         page.goto(f"{base}/lab/tree/{chapter}.ipynb?token={token}")
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+        _wait_idle(page)
         _run_all(page)
         page.wait_for_timeout(2000)
         deadline = time.time() + 240
