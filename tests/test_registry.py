@@ -30,12 +30,31 @@ def _dtypes(impl: registry.Impl) -> list[str]:
     return ["float32"]  # the interpreter has no bf16; fp16/bf16 are tested on the GPU
 
 
+def _device(impl: registry.Impl) -> str:
+    compiled = impl.backend == "triton" and runtime.triton_mode() == "compiled"
+    return "cuda" if compiled else "cpu"
+
+
 @pytest.mark.parametrize(("impl", "case"), CPU_IMPLS, ids=lambda p: getattr(p, "name", p))
 def test_matches_reference(impl: registry.Impl, case: str) -> None:
     sizes = SIZES if impl.backend != "triton" else SIZES[:2]
     for seed, size in enumerate(sizes):
         for dtype in _dtypes(impl):
-            result = compare(impl, case, size, dtype=dtype, seed=seed)
+            result = compare(impl, case, size, dtype=dtype, device=_device(impl), seed=seed)
+            assert result.ok, f"{result} at {size}"
+
+
+GPU_IMPLS = [(i, c) for i, c in registry.iter_cases() if i.backend in ("torch", "triton")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("impl", "case"), GPU_IMPLS, ids=lambda p: getattr(p, "name", p))
+def test_matches_reference_on_gpu(impl: registry.Impl, case: str) -> None:
+    """On CUDA: fp32, fp16 and bf16 (where the GPU has it), at the awkward sizes."""
+    dtypes = ["float32", "float16"] + (["bfloat16"] if runtime.supports_bf16("cuda") else [])
+    for seed, size in enumerate(SIZES):
+        for dtype in dtypes:
+            result = compare(impl, case, size, dtype=dtype, device="cuda", seed=seed)
             assert result.ok, f"{result} at {size}"
 
 
