@@ -9,6 +9,13 @@ from course_lib import runtime
 # Before anything imports triton (fla-core does): on CPU this sets TRITON_INTERPRET=1.
 TRITON_MODE = runtime.triton_mode()
 
+if TRITON_MODE != "compiled":
+    import torch
+
+    # The unit tests use tiny tensors: one thread avoids the 2-core machine thrashing
+    # when notebook kernels or other workers run beside them.
+    torch.set_num_threads(1)
+
 try:
     from hypothesis import HealthCheck, settings
 

@@ -9,6 +9,7 @@ Glossary of dimension letters:
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -29,14 +30,16 @@ def load_function(mechanism: str, backend: str, form: str, torch_target: str) ->
 
     ``backend="torch"`` imports ``torch_target`` (``"module:attr"``, the function the registry
     lists as the torch implementation); any other backend is looked up in the registry as
-    ``mechanism/backend/form``, which raises a ``ValueError`` listing what is registered.
+    ``mechanism/backend/form`` (with the registration's fixed ``kwargs``, e.g. a chunk size),
+    which raises a ``ValueError`` listing what is registered.
     """
     if check_backend(backend) == "torch":
         module, _, attr = torch_target.partition(":")
         return getattr(importlib.import_module(module), attr)
     from course_lib import registry
 
-    return registry.get(mechanism, backend, form).load()
+    impl = registry.get(mechanism, backend, form)
+    return functools.partial(impl.load(), **impl.kwargs)
 
 
 def check_sequence(x: Any, d_model: int, name: str = "x") -> dict[str, int]:

@@ -166,4 +166,6 @@ class ModelCache:
         return [layer.nbytes for layer in self.layers]
 
     def __repr__(self) -> str:
-        return f"ModelCache({len(self.layers)} layers, position={self.position}, nbytes={self.nbytes})"
+        return (
+            f"ModelCache({len(self.layers)} layers, position={self.position}, nbytes={self.nbytes})"
+        )
