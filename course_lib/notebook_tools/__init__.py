@@ -13,9 +13,14 @@ SETUP_TAG = "course-setup"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 _SETUP = """# Course setup: on Colab this installs the course; everywhere it reports the device.
-import importlib.util, os, subprocess, sys
+import importlib.util
+import os
+import subprocess
+import sys
 
-COURSE_SOURCE = os.environ.get("COURSE_INSTALL_FROM", "git+{url}")
+COURSE_SOURCE = os.environ.get(
+    "COURSE_INSTALL_FROM", "git+{url}"
+)
 on_colab = "google.colab" in sys.modules or os.environ.get("COURSE_ON_COLAB") == "1"
 if on_colab and importlib.util.find_spec("course_lib") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", COURSE_SOURCE], check=True)
@@ -60,4 +65,5 @@ def show_source(obj: object) -> None:
 
     from IPython.display import Markdown, display
 
-    display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
+    target = getattr(obj, "fn", obj)  # a @triton.jit kernel keeps its Python function in .fn
+    display(Markdown(f"```python\n{inspect.getsource(target).rstrip()}\n```"))

@@ -1,0 +1,152 @@
+"""The graded exercises of chapters 05 (SSMs) and 06 (H3): solutions pass, mistakes are named.
+
+The solution code is read from the solution notebooks' cells, so the tests follow the
+notebooks. The wrong variants are the mistakes each exercise's hints promise to recognise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+from course_lib.grading import catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = {"05": "05_state_space_models.ipynb", "06": "06_h3.ipynb"}
+FUNCTIONS = {
+    "05.1": "discretize_zoh_diag",
+    "05.2": "ssm_kernel_diag",
+    "05.3": "fft_causal_conv",
+    "06.1": "shift_ssm_fir",
+    "06.2": "h3_head_step",
+    "06.3": "h3_head",
+}
+
+
+def _module(folder: str, chapter: str, tmp_path: Path) -> ModuleType:
+    """Every solution cell of ``folder/NN_*.ipynb`` written to a file and imported."""
+    nb = nbformat.read(ROOT / folder / NOTEBOOKS[chapter], as_version=4)
+    cells = [
+        c.source for c in nb.cells if c.metadata.get("course_lib", {}).get("role") == "solution"
+    ]
+    path = tmp_path / f"{folder}_{chapter}.py"
+    path.write_text("import numpy as np\nimport torch\n\n" + "\n\n".join(cells) + "\n")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def solutions(tmp_path_factory) -> dict[str, ModuleType]:
+    tmp = tmp_path_factory.mktemp("solutions")
+    return {ch: _module("solutions", ch, tmp) for ch in NOTEBOOKS}
+
+
+@pytest.fixture(scope="module")
+def blanks(tmp_path_factory) -> dict[str, ModuleType]:
+    tmp = tmp_path_factory.mktemp("exercises")
+    return {ch: _module("exercises", ch, tmp) for ch in NOTEBOOKS}
+
+
+def test_chapters_are_discovered_with_three_exercises() -> None:
+    for chapter in NOTEBOOKS:
+        ids = [ex.id for ex in catalog.chapter_exercises(chapter)]
+        assert ids == sorted(i for i in FUNCTIONS if i.startswith(chapter))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("exercise_id", sorted(FUNCTIONS))
+def test_solutions_pass(solutions, exercise_id: str, seed: int) -> None:
+    fn = getattr(solutions[exercise_id[:2]], FUNCTIONS[exercise_id])
+    result = catalog.exercise(exercise_id).run(fn, seed=seed)
+    assert result.passed and result.points == result.max_points, result.report()
+    assert result.cases >= 4
+
+
+@pytest.mark.parametrize("exercise_id", sorted(FUNCTIONS))
+def test_blank_exercises_score_zero_as_not_done(blanks, exercise_id: str) -> None:
+    fn = getattr(blanks[exercise_id[:2]], FUNCTIONS[exercise_id])
+    result = catalog.exercise(exercise_id).run(fn, seed=0)
+    assert result.points == 0 and result.messages[0].startswith("not done yet")
+
+
+# ----------------------------------------------------------------------- known mistakes
+
+
+def _zoh_naive(A, B, dt):  # 0/0 at a = 0
+    Abar = np.exp(dt[:, None] * A)
+    with np.errstate(all="ignore"):
+        return Abar, (Abar - 1) / A * B
+
+
+def _zoh_euler(A, B, dt):
+    return 1 + dt[:, None] * A, dt[:, None] * B
+
+
+def _kernel_from_lag_one(Abar, Bbar, C, L):
+    return np.einsum("dn,dnl->dl", C * Bbar, Abar[:, :, None] ** np.arange(1, L + 1))
+
+
+def _conv_circular(x, K):
+    T = x.shape[1]
+    spectrum = torch.fft.rfft(x, dim=1) * torch.fft.rfft(K, n=T, dim=1).T
+    return torch.fft.irfft(spectrum, n=T, dim=1)
+
+
+def _fir_roll(x, kernel):
+    return sum(kernel[:, j] * np.roll(x, j, axis=1) for j in range(kernel.shape[1]))
+
+
+def _step_in_place(q_t, kbar_t, v_t, S, Abar, Bbar, C, D):
+    kv = np.einsum("bk,bv->bkv", kbar_t, v_t)
+    S *= Abar[:, None, None]
+    S += Bbar[:, None, None] * kv[:, None]
+    Z = np.einsum("n,bnkv->bkv", C, S) + D * kv
+    return np.einsum("bk,bkv->bv", q_t, Z), S
+
+
+def _step_read_old_state(q_t, kbar_t, v_t, S, Abar, Bbar, C, D):
+    kv = np.einsum("bk,bv->bkv", kbar_t, v_t)
+    Z = np.einsum("n,bnkv->bkv", C, S) + D * kv
+    S_new = Abar[:, None, None] * S + Bbar[:, None, None] * kv[:, None]
+    return np.einsum("bk,bkv->bv", q_t, Z), S_new
+
+
+MISTAKES = [
+    ("05.1", _zoh_naive, "limit is dt"),
+    ("05.1", _zoh_euler, "forward Euler"),
+    ("05.2", _kernel_from_lag_one, "shifted by one lag"),
+    ("05.3", _conv_circular, "circular convolution"),
+    ("06.1", _fir_roll, "wrapped around"),
+    ("06.2", _step_in_place, "changed its input `S` in place"),
+    ("06.2", _step_read_old_state, "read from the old state"),
+]
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "fn", "words"), MISTAKES, ids=[m[1].__name__ for m in MISTAKES]
+)
+def test_known_mistakes_are_named(exercise_id: str, fn, words: str) -> None:
+    result = catalog.exercise(exercise_id).run(fn, seed=0)
+    assert result.points == 0
+    assert any(words in m for m in result.messages), result.report()
+
+
+def test_missing_shift_in_the_head_is_named(solutions) -> None:
+    head = solutions["06"].h3_head
+
+    def no_shift(q, k, v, shift_kernel, Abar, Bbar, C, D):
+        identity = torch.zeros_like(shift_kernel)
+        identity[:, 0] = 1.0
+        return head(q, k, v, identity, Abar, Bbar, C, D)
+
+    result = catalog.exercise("06.3").run(no_shift, seed=0)
+    assert result.points == 0
+    assert any("shift SSM is missing" in m for m in result.messages), result.report()
