@@ -146,6 +146,8 @@ def _build_selective_scan_cuda(
 ) -> tuple[Callable, dict]:
     ext = importlib.import_module("selective_scan_cuda")
     x = _mamba_inputs(sizes, rand)
+    # the raw extension takes variable B and C with a group axis: [batch, groups, N, L]
+    x["B"], x["C"] = x["B"].unsqueeze(1).contiguous(), x["C"].unsqueeze(1).contiguous()
     args = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
     return lambda: ext.fwd(*(x[a] for a in args), True)[0], x
 

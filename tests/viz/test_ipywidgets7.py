@@ -16,7 +16,8 @@ from IPython.core.interactiveshell import InteractiveShell
 InteractiveShell.instance()
 from course_lib import viz
 moves = {"StateMatrixViewer": ("t", 5), "GatingDecayExplorer": ("strength", 0.6),
-         "SSMFilterViewer": ("a_re", -2.0), "SelectivityViewer": ("log10_dt_other", 0.5)}
+         "SSMFilterViewer": ("a_re", -2.0), "SelectivityViewer": ("log10_dt_other", 0.5),
+         "RuntimeScalingExplorer": ("mode", "fwdbwd")}
 for name, (control, value) in moves.items():
     w = getattr(viz, name)()
     w.show()

@@ -1,0 +1,1160 @@
+"""Chunkwise gated linear attention in Triton: forward, backward and one decoding step.
+
+Glossary of dimension letters:
+
+* ``B`` batch, ``T`` sequence length, ``H`` heads, ``K`` key/query head dimension,
+  ``V`` value head dimension, ``N`` number of chunks (``ceil(T / BT)``),
+* ``BT`` chunk length (rows that share one stored state), ``BC`` sub-chunk length,
+  ``NC = BT / BC`` sub-chunks per chunk, ``BK``/``BV`` the padded/blocked K and V widths.
+
+The maths is the chunkwise form of :mod:`course_lib.gated_linear_attention.numpy_ref`
+with a key-side gate only (GLA: ``G_t = exp(g_t) 1^T``; Yang et al. 2023). Inside chunk
+``n`` the log gates are summed from the chunk's start, ``b_i = sum_{s<=i} g_s`` (fp32), and
+with ``h_n`` the state before the chunk::
+
+    o_i     = scale * [(q_i ⊙ e^{b_i})^T h_n + sum_{j<=i} A_ij v_j]
+    A_ij    = sum_k q_ik k_jk e^{b_ik - b_jk}                       (j <= i in the chunk)
+    h_{n+1} = e^{b_L} ⊙ h_n + sum_j (k_j ⊙ e^{b_L - b_j}) v_j^T     (b_L: the chunk's total)
+
+Numerical safety: every exponent evaluated is <= 0. ``A`` cannot be one matrix product for
+a vector gate (the decay depends on k), so the chunk is cut into sub-chunks of ``BC`` rows.
+For a sub-chunk ``I`` of rows and an earlier one ``J`` of columns, pick a row ``r`` with
+``j <= r <= i`` (the first row of ``I``): ``e^{b_i - b_j} = e^{b_i - b_r} e^{b_r - b_j}``,
+two factors <= 1, and the tile is ``(q_I ⊙ e^{b_I - b_r}) (k_J ⊙ e^{b_r - b_J})^T``, a
+matrix product. Diagonal tiles are summed column by column with masked exponents. A
+scalar gate (one number per row) has no such problem: ``A = (q k^T) ⊙ D`` with the
+chunk's [BT, BT] decay mask ``D_ij = e^{b_i - b_j}``, one product per chunk.
+
+Forward kernels, in launch order: ``_chunk_cumsum_kernel`` (b), ``_fwd_states_kernel``
+(the sequential scan over chunks that stores every h_n in fp32), ``_fwd_intra_kernel`` or
+``_fwd_intra_scalar_kernel`` (A, fp32), ``_fwd_output_kernel`` (o).
+
+Backward, given ``do`` and the gradient ``dh_T`` of the final state (kernels
+``_bwd_states_kernel``, ``_bwd_dA_kernel``, ``_bwd_dv_kernel``, ``_bwd_dqdk_kernel`` or
+``_bwd_dqdk_scalar_kernel``, ``_bwd_dg_kernel``):
+
+* states backwards: ``dh_n = e^{b_L} ⊙ dh_{n+1} + scale * sum_i (q_i ⊙ e^{b_i}) do_i^T``;
+* ``dA_ij = scale * do_i . v_j`` (j <= i), ``dv_j = scale * sum_{i>=j} A_ij do_i +
+  (k_j ⊙ e^{b_L - b_j})^T dh_{n+1}``;
+* ``dq_i = e^{b_i} ⊙ (scale * h_n do_i) + sum_{j<=i} dA_ij k_j ⊙ e^{b_i - b_j}``,
+  ``dk_j = e^{b_L - b_j} ⊙ (dh_{n+1} v_j) + sum_{i>=j} dA_ij q_i ⊙ e^{b_i - b_j}``
+  (tiles split at a middle row exactly as in the forward);
+* the gate gradient. With global cumulative gates ``G_t = sum_{s<=t} g_s`` the output
+  depends on G only through ``q~_t = q_t ⊙ e^{G_t}`` and ``k~_t = k_t ⊙ e^{-G_t}``
+  (``o_i = scale sum_{j<=i} (q~_i . k~_j) v_j + scale q~_i^T h_0``), and the final state
+  is ``h_T = e^{G_T} ⊙ (h_0 + sum_j k~_j v_j^T)``. The chain rule through ``q = q~ e^{-G}``
+  and ``k = k~ e^{G}`` gives, per element,
+  ``dL/dG_t = q_t ⊙ dq_t - k_t ⊙ dk_t  (+ sum_v dh_T ⊙ h_T at t = T)``,
+  where dq, dk are the gradients already computed. Since ``G_t = sum_{s<=t} g_s``,
+  ``dg_t = sum_{s>=t} dL/dG_s``: a reverse cumulative sum. No exponential appears, so
+  the identity is as safe as dq and dk. A scalar gate (``[B, T, H]``) sums it over K.
+
+Configuration is in :data:`CONFIG` (no autotuning on the course machines).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from course_lib import checks, runtime
+
+runtime.require_triton()
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from course_lib.gated_linear_attention.numpy_ref import validate  # noqa: E402
+
+# Launch configuration, picked by hand for an H200 at K = V = 128, bf16.
+CONFIG = {
+    "BT": 64,  # default chunk length: one stored fp32 state per 64 steps
+    "BC": 16,  # sub-chunk length for the gated intra-chunk tiles
+    "BV": 64,  # value columns per program (the state block is BK x BV in fp32)
+    "BV_K256": 32,  # ... when K pads to 256, to keep the fp32 state block in registers
+    "warps_state": 4,  # the sequential state scans
+    "warps_chunk": 4,  # per-chunk kernels
+    "stages": 2,  # software pipelining of loads in loops: 2 keeps the fp32 K = 256 scans
+    #               within shared memory (Triton's default 3 does not fit there)
+    "BK_dg": 32,  # key columns per program of the gate-gradient scan
+    "BK_dqdk_scalar": 64,  # key columns per program of the scalar-gate dq/dk kernel
+    "decode_BV": 32,
+    "decode_warps": 4,
+}
+
+
+def _pow2(n: int, low: int = 16) -> int:
+    return max(low, triton.next_power_of_2(n))
+
+
+# ------------------------------------------------------------------------------ loads
+
+
+@triton.jit
+def _load_rows(ptr, rows, T, cols, D, stride_t, other):
+    """Rows ``rows`` (time indices) and columns ``cols`` of a [T, *, D] tensor (masked)."""
+    mask = (rows[:, None] < T) & (rows[:, None] >= 0) & (cols[None, :] < D)
+    return tl.load(ptr + rows[:, None] * stride_t + cols[None, :], mask=mask, other=other)
+
+
+@triton.jit
+def _load_gate(gc_ptr, rows, T, cols, K, H, SCALAR: tl.constexpr):
+    """Within-chunk cumulative log gates as a [rows, BK] fp32 tile (scalar gates broadcast)."""
+    if SCALAR:
+        g = tl.load(gc_ptr + rows * H, mask=rows < T, other=0.0)
+        return g[:, None] + (cols[None, :] * 0).to(tl.float32)
+    else:
+        return _load_rows(gc_ptr, rows, T, cols, K, H * K, 0.0)
+
+
+@triton.jit
+def _load_gate_row(gc_ptr, row, cols, K, H, SCALAR: tl.constexpr):
+    """One row ``row`` (a valid time index) of the cumulative gates, [BK] fp32."""
+    if SCALAR:
+        return tl.load(gc_ptr + row * H) + (cols * 0).to(tl.float32)
+    else:
+        return tl.load(gc_ptr + row * H * K + cols, mask=cols < K, other=0.0)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _chunk_cumsum_kernel(
+    g_ptr, gc_ptr, T, H, K, BT: tl.constexpr, BK: tl.constexpr, SCALAR: tl.constexpr
+):
+    """gc[t] = sum of g from the start of t's chunk to t, in fp32. Grid (N, B*H)."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    rows = i_n * BT + tl.arange(0, BT)
+    if SCALAR:
+        base = (i_b * T * H + i_h).to(tl.int64)
+        g = tl.load(g_ptr + base + rows * H, mask=rows < T, other=0.0).to(tl.float32)
+        tl.store(gc_ptr + base + rows * H, tl.cumsum(g, axis=0), mask=rows < T)
+    else:
+        base = (i_b * T * H + i_h).to(tl.int64) * K
+        cols = tl.arange(0, BK)
+        g = _load_rows(g_ptr + base, rows, T, cols, K, H * K, 0.0).to(tl.float32)
+        mask = (rows[:, None] < T) & (cols[None, :] < K)
+        ptrs = gc_ptr + base + rows[:, None] * H * K + cols[None, :]
+        tl.store(ptrs, tl.cumsum(g, axis=0), mask=mask)
+
+
+@triton.jit
+def _fwd_states_kernel(
+    k_ptr,
+    v_ptr,
+    gc_ptr,
+    h0_ptr,
+    hs_ptr,
+    ht_ptr,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
+    """Scan over chunks: store h_n (state before chunk n) in hs [B, H, N, K, V] fp32.
+    Grid (cdiv(V, BV), B*H)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    smask = (cols_k[:, None] < K) & (cols_v[None, :] < V)
+    soffs = cols_k[:, None] * V + cols_v[None, :]  # [BK, BV] inside one K x V state
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        h += tl.load(h0_ptr + i_bh.to(tl.int64) * K * V + soffs, mask=smask, other=0.0)
+    for i_n in range(N):
+        tl.store(hs_ptr + (i_bh.to(tl.int64) * N + i_n) * K * V + soffs, h, mask=smask)
+        rows = i_n * BT + tl.arange(0, BT)
+        last = tl.minimum(i_n * BT + BT, T) - 1
+        b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BT, BK]
+        b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)  # [BK]
+        k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
+        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)  # [BT, BV]
+        k_dec = (k * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(v.dtype)
+        h = h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_dec), v)
+    if STORE_HT:
+        tl.store(ht_ptr + i_bh.to(tl.int64) * K * V + soffs, h, mask=smask)
+
+
+@triton.jit
+def _intra_tile(
+    x_ptr,
+    y_ptr,
+    gc_ptr,
+    xbase,
+    ybase,
+    gbase,
+    row0,
+    col0,
+    T,
+    H,
+    K,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """Tile [BC, BC] of sum_k x_ik y_jk e^{b_ik - b_jk} for rows i >= row0 > cols j >= col0
+    (an off-diagonal tile), split at row r = row0: both factors have exponents <= 0."""
+    cols_k = tl.arange(0, BK)
+    rows_i = row0 + tl.arange(0, BC)
+    rows_j = col0 + tl.arange(0, BC)
+    r = tl.minimum(row0, T - 1)
+    b_r = _load_gate_row(gc_ptr + gbase, r, cols_k, K, H, SCALAR)
+    b_i = _load_gate(gc_ptr + gbase, rows_i, T, cols_k, K, H, SCALAR)
+    b_j = _load_gate(gc_ptr + gbase, rows_j, T, cols_k, K, H, SCALAR)
+    x = _load_rows(x_ptr + xbase, rows_i, T, cols_k, K, H * K, 0.0).to(tl.float32)
+    y = _load_rows(y_ptr + ybase, rows_j, T, cols_k, K, H * K, 0.0).to(tl.float32)
+    x = x * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))
+    y = y * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))
+    return tl.dot(x, tl.trans(y))
+
+
+@triton.jit
+def _fwd_intra_kernel(
+    q_ptr,
+    k_ptr,
+    gc_ptr,
+    A_ptr,
+    T,
+    H,
+    K,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """A[t, j] = sum_k q_tk k_jk e^{b_tk - b_jk} for the rows of one sub-chunk, all BT
+    columns of its chunk (zeros above the diagonal). A is [B, T, H, BT] fp32.
+    Grid (N * NC, B*H)."""
+    NC: tl.constexpr = BT // BC
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_n, i_c = i_s // NC, i_s % NC
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    t0 = i_n * BT
+    row0 = t0 + i_c * BC
+    rows = row0 + tl.arange(0, BC)
+    cols_k = tl.arange(0, BK)
+    cols_c = tl.arange(0, BC)
+    for i_j in tl.static_range(NC):
+        if i_j < i_c:
+            tile = _intra_tile(
+                q_ptr,
+                k_ptr,
+                gc_ptr,
+                kbase,
+                kbase,
+                gbase,
+                row0,
+                t0 + i_j * BC,
+                T,
+                H,
+                K,
+                BC,
+                BK,
+                SCALAR,
+            )
+        elif i_j == i_c:
+            q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)
+            b_i = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)
+            tile = tl.zeros([BC, BC], dtype=tl.float32)
+            for j in tl.static_range(BC):
+                row_j = tl.minimum(row0 + j, T - 1)
+                k_j = tl.load(
+                    k_ptr + kbase + row_j * H * K + cols_k, mask=cols_k < K, other=0.0
+                ).to(tl.float32)
+                b_j = _load_gate_row(gc_ptr + gbase, row_j, cols_k, K, H, SCALAR)
+                keep = cols_c[:, None] >= j
+                e = tl.exp(tl.minimum(tl.where(keep, b_i - b_j[None, :], 0.0), 0.0))
+                a = tl.sum(tl.where(keep, q * k_j[None, :] * e, 0.0), axis=1)  # [BC]
+                tile = tl.where(cols_c[None, :] == j, a[:, None], tile)
+        else:
+            tile = tl.zeros([BC, BC], dtype=tl.float32)
+        cols = i_j * BC + cols_c
+        mask = (rows[:, None] < T) & (cols[None, :] < BT)
+        tl.store(A_ptr + abase + rows[:, None] * H * BT + cols[None, :], tile, mask=mask)
+
+
+@triton.jit
+def _fwd_output_kernel(
+    q_ptr,
+    v_ptr,
+    gc_ptr,
+    hs_ptr,
+    A_ptr,
+    o_ptr,
+    scale,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """o = scale * [(q ⊙ e^b) h_n + A v] for one chunk and one block of V columns.
+    Grid (cdiv(V, BV), N, B*H)."""
+    i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    rows = i_n * BT + tl.arange(0, BT)
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    cols_t = tl.arange(0, BT)
+    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+    b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)
+    v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+    smask = (cols_k[:, None] < K) & (cols_v[None, :] < V)
+    h = tl.load(
+        hs_ptr + (i_bh.to(tl.int64) * N + i_n) * K * V + cols_k[:, None] * V + cols_v[None, :],
+        mask=smask,
+        other=0.0,
+    )
+    A = _load_rows(A_ptr + abase, rows, T, cols_t, BT, H * BT, 0.0)
+    qg = (q * tl.exp(b)).to(v.dtype)
+    o = tl.dot(qg, h.to(v.dtype)) + tl.dot(A.to(v.dtype), v)
+    omask = (rows[:, None] < T) & (cols_v[None, :] < V)
+    tl.store(
+        o_ptr + vbase + rows[:, None] * H * V + cols_v[None, :],
+        (o * scale).to(o_ptr.dtype.element_ty),
+        mask=omask,
+    )
+
+
+@triton.jit
+def _bwd_states_kernel(
+    q_ptr,
+    do_ptr,
+    gc_ptr,
+    dht_ptr,
+    dhs_ptr,
+    dh0_ptr,
+    scale,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+):
+    """Reverse scan: dhs[n] = gradient of the state *after* chunk n, [B, H, N, K, V] fp32.
+    Grid (cdiv(V, BV), B*H)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    smask = (cols_k[:, None] < K) & (cols_v[None, :] < V)
+    soffs = cols_k[:, None] * V + cols_v[None, :]
+    dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        dh += tl.load(dht_ptr + i_bh.to(tl.int64) * K * V + soffs, mask=smask, other=0.0)
+    for i_r in range(N):
+        i_n = N - 1 - i_r
+        tl.store(dhs_ptr + (i_bh.to(tl.int64) * N + i_n) * K * V + soffs, dh, mask=smask)
+        rows = i_n * BT + tl.arange(0, BT)
+        last = tl.minimum(i_n * BT + BT, T) - 1
+        b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)
+        b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)
+        q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+        do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        qg = (q * tl.exp(b)).to(do.dtype)
+        dh = dh * tl.exp(b_last)[:, None] + scale * tl.dot(tl.trans(qg), do)
+    if STORE_DH0:
+        tl.store(dh0_ptr + i_bh.to(tl.int64) * K * V + soffs, dh, mask=smask)
+
+
+@triton.jit
+def _bwd_dA_kernel(do_ptr, v_ptr, dA_ptr, scale, T, H, V, BT: tl.constexpr, BV: tl.constexpr):
+    """dA[i, j] = scale * do_i . v_j for j <= i in the chunk, [B, T, H, BT] fp32.
+    Grid (N, B*H)."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    rows = i_n * BT + tl.arange(0, BT)
+    cols_t = tl.arange(0, BT)
+    dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        cols_v = i_v * BV + tl.arange(0, BV)
+        do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        dA += tl.dot(do, tl.trans(v))
+    dA = tl.where(cols_t[:, None] >= cols_t[None, :], dA * scale, 0.0)
+    tl.store(dA_ptr + abase + rows[:, None] * H * BT + cols_t[None, :], dA, mask=rows[:, None] < T)
+
+
+@triton.jit
+def _bwd_dv_kernel(
+    k_ptr,
+    do_ptr,
+    gc_ptr,
+    A_ptr,
+    dhs_ptr,
+    dv_ptr,
+    scale,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """dv = scale * A^T do + (k ⊙ e^{b_L - b}) dh_{n+1}. Grid (cdiv(V, BV), N, B*H)."""
+    i_v, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    rows = i_n * BT + tl.arange(0, BT)
+    last = tl.minimum(i_n * BT + BT, T) - 1
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    cols_t = tl.arange(0, BT)
+    k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+    b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)
+    b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)
+    do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+    A = _load_rows(A_ptr + abase, rows, T, cols_t, BT, H * BT, 0.0)
+    smask = (cols_k[:, None] < K) & (cols_v[None, :] < V)
+    dh = tl.load(
+        dhs_ptr + (i_bh.to(tl.int64) * N + i_n) * K * V + cols_k[:, None] * V + cols_v[None, :],
+        mask=smask,
+        other=0.0,
+    )
+    k_dec = (k * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(do.dtype)
+    dv = scale * tl.dot(tl.trans(A.to(do.dtype)), do) + tl.dot(k_dec, dh.to(do.dtype))
+    tl.store(
+        dv_ptr + vbase + rows[:, None] * H * V + cols_v[None, :],
+        dv.to(dv_ptr.dtype.element_ty),
+        mask=(rows[:, None] < T) & (cols_v[None, :] < V),
+    )
+
+
+@triton.jit
+def _bwd_dqdk_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    gc_ptr,
+    dA_ptr,
+    hs_ptr,
+    dhs_ptr,
+    dq_ptr,
+    dk_ptr,
+    dG_ptr,
+    scale,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """dq and dk (fp32) for the rows of one sub-chunk. Grid (N * NC, B*H)."""
+    NC: tl.constexpr = BT // BC
+    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_n, i_c = i_s // NC, i_s % NC
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    t0 = i_n * BT
+    row0 = t0 + i_c * BC
+    rows = row0 + tl.arange(0, BC)
+    last = tl.minimum(t0 + BT, T) - 1
+    cols_k = tl.arange(0, BK)
+    cols_c = tl.arange(0, BC)
+    b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BC, BK]
+    b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)
+    # inter-chunk parts: through h_n (dq) and dh_{n+1} (dk), summed over V blocks
+    dq = tl.zeros([BC, BK], dtype=tl.float32)
+    dk = tl.zeros([BC, BK], dtype=tl.float32)
+    sbase = (i_bh.to(tl.int64) * N + i_n) * K * V
+    for i_v in range(tl.cdiv(V, BV)):
+        cols_v = i_v * BV + tl.arange(0, BV)
+        do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        smask = (cols_v[:, None] < V) & (cols_k[None, :] < K)
+        soffs = cols_k[None, :] * V + cols_v[:, None]  # [BV, BK]: the state transposed
+        hT = tl.load(hs_ptr + sbase + soffs, mask=smask, other=0.0).to(do.dtype)
+        dhT = tl.load(dhs_ptr + sbase + soffs, mask=smask, other=0.0).to(v.dtype)
+        dq += tl.dot(do, hT)
+        dk += tl.dot(v, dhT)
+    dq = dq * scale * tl.exp(b)
+    dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))
+    # intra-chunk, earlier sub-chunks J < I feed dq of these rows
+    for i_j in tl.static_range(NC):
+        if i_j < i_c:
+            dq += _dq_tile(
+                dA_ptr,
+                k_ptr,
+                gc_ptr,
+                abase,
+                kbase,
+                gbase,
+                row0,
+                t0 + i_j * BC,
+                i_j * BC,
+                T,
+                H,
+                K,
+                BT,
+                BC,
+                BK,
+                SCALAR,
+            )
+    # later sub-chunks I' > I feed dk of these rows (split at the last valid row of I)
+    r = tl.minimum(row0 + BC - 1, T - 1)
+    b_r = _load_gate_row(gc_ptr + gbase, r, cols_k, K, H, SCALAR)
+    acc = tl.zeros([BC, BK], dtype=tl.float32)
+    for i_i in tl.static_range(NC):
+        if i_i > i_c:
+            rows_i = t0 + i_i * BC + tl.arange(0, BC)
+            q_i = _load_rows(q_ptr + kbase, rows_i, T, cols_k, K, H * K, 0.0).to(tl.float32)
+            b_i = _load_gate(gc_ptr + gbase, rows_i, T, cols_k, K, H, SCALAR)
+            q_i = q_i * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))
+            dA = _load_rows(dA_ptr + abase, rows_i, T, i_c * BC + cols_c, BT, H * BT, 0.0)
+            acc += tl.dot(tl.trans(dA), q_i)  # [BC, BK]
+    dk += acc * tl.exp(tl.minimum(b_r[None, :] - b, 0.0))
+    # the diagonal tile, column by column (dq) and row by row (dk)
+    dA_blk = _load_rows(dA_ptr + abase, rows, T, i_c * BC + cols_c, BT, H * BT, 0.0)
+    for j in tl.static_range(BC):
+        row_j = tl.minimum(row0 + j, T - 1)
+        k_j = tl.load(k_ptr + kbase + row_j * H * K + cols_k, mask=cols_k < K, other=0.0).to(
+            tl.float32
+        )
+        q_j = tl.load(q_ptr + kbase + row_j * H * K + cols_k, mask=cols_k < K, other=0.0).to(
+            tl.float32
+        )
+        b_j = _load_gate_row(gc_ptr + gbase, row_j, cols_k, K, H, SCALAR)
+        valid_j = (row0 + j) < T
+        # dq_i += dA_ij k_j e^{b_i - b_j} for rows i >= j
+        keep = (cols_c[:, None] >= j) & valid_j
+        dA_col = tl.sum(tl.where(cols_c[None, :] == j, dA_blk, 0.0), axis=1)  # [BC]
+        e = tl.exp(tl.minimum(tl.where(keep, b - b_j[None, :], 0.0), 0.0))
+        dq += tl.where(keep, dA_col[:, None] * k_j[None, :] * e, 0.0)
+        # dk_i += dA_ji q_j e^{b_j - b_i} for rows i <= j (row j as the query)
+        keep_k = (cols_c[:, None] <= j) & valid_j
+        dA_row = tl.sum(tl.where(cols_c[:, None] == j, dA_blk, 0.0), axis=0)  # [BC]
+        e_k = tl.exp(tl.minimum(tl.where(keep_k, b_j[None, :] - b, 0.0), 0.0))
+        dk += tl.where(keep_k, dA_row[:, None] * q_j[None, :] * e_k, 0.0)
+    mask = (rows[:, None] < T) & (cols_k[None, :] < K)
+    offs = rows[:, None] * H * K + cols_k[None, :]
+    tl.store(dq_ptr + kbase + offs, dq.to(dq_ptr.dtype.element_ty), mask=mask)
+    tl.store(dk_ptr + kbase + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+    # dL/dG = q ⊙ dq - k ⊙ dk (module docstring), fp32, reverse-summed by _bwd_dg_kernel
+    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)
+    k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)
+    tl.store(dG_ptr + kbase + offs, q * dq - k * dk, mask=mask)
+
+
+@triton.jit
+def _dq_tile(
+    dA_ptr,
+    k_ptr,
+    gc_ptr,
+    abase,
+    kbase,
+    gbase,
+    row0,
+    col0,
+    acol0,
+    T,
+    H,
+    K,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+    BK: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """e^{b_I - b_r} ⊙ (dA_IJ (k_J ⊙ e^{b_r - b_J})) for an earlier sub-chunk J, r = row0."""
+    cols_k = tl.arange(0, BK)
+    rows_i = row0 + tl.arange(0, BC)
+    rows_j = col0 + tl.arange(0, BC)
+    r = tl.minimum(row0, T - 1)
+    b_r = _load_gate_row(gc_ptr + gbase, r, cols_k, K, H, SCALAR)
+    b_i = _load_gate(gc_ptr + gbase, rows_i, T, cols_k, K, H, SCALAR)
+    b_j = _load_gate(gc_ptr + gbase, rows_j, T, cols_k, K, H, SCALAR)
+    k = _load_rows(k_ptr + kbase, rows_j, T, cols_k, K, H * K, 0.0).to(tl.float32)
+    k = k * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))
+    dA = _load_rows(dA_ptr + abase, rows_i, T, acol0 + tl.arange(0, BC), BT, H * BT, 0.0)
+    return tl.dot(dA, k) * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))
+
+
+@triton.jit
+def _scalar_decay(b, rows, T, BT: tl.constexpr):
+    """[BT, BT] decay mask e^{b_i - b_j} (j <= i, row valid) of a scalar gate b [BT]."""
+    idx = tl.arange(0, BT)
+    keep = (idx[:, None] >= idx[None, :]) & (rows[:, None] < T)
+    diff = tl.minimum(tl.where(keep, b[:, None] - b[None, :], 0.0), 0.0)
+    return tl.where(keep, tl.exp(diff), 0.0)
+
+
+@triton.jit
+def _fwd_intra_scalar_kernel(
+    q_ptr, k_ptr, gc_ptr, A_ptr, T, H, K, BT: tl.constexpr, BK: tl.constexpr
+):
+    """Scalar gate: the whole chunk's A = (q k^T) ⊙ D in one product, D the decay mask.
+    Grid (N, B*H)."""
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    gbase = (i_b * T * H + i_h).to(tl.int64)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    rows = i_n * BT + tl.arange(0, BT)
+    cols_k = tl.arange(0, BK)
+    cols_t = tl.arange(0, BT)
+    b = tl.load(gc_ptr + gbase + rows * H, mask=rows < T, other=0.0)
+    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+    k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+    A = tl.dot(q, tl.trans(k)) * _scalar_decay(b, rows, T, BT)
+    ptrs = A_ptr + abase + rows[:, None] * H * BT + cols_t[None, :]
+    tl.store(ptrs, A, mask=rows[:, None] < T)
+
+
+@triton.jit
+def _bwd_dqdk_scalar_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    gc_ptr,
+    dA_ptr,
+    hs_ptr,
+    dhs_ptr,
+    dq_ptr,
+    dk_ptr,
+    dG_ptr,
+    scale,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """Scalar gate, one whole chunk: dq = e^b ⊙ (scale h_n do) + (dA ⊙ D) k and
+    dk = e^{b_L - b} ⊙ (dh_{n+1} v) + (dA ⊙ D)^T q, for BK of the K columns (the mask D
+    does not depend on k, so K splits freely). dG gets this slice's share of
+    sum_k (q dq - k dk), at dG[i_k]. Grid (N, cdiv(K, BK), B*H)."""
+    i_n, i_k, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    rows = i_n * BT + tl.arange(0, BT)
+    last = tl.minimum(i_n * BT + BT, T) - 1
+    cols_k = i_k * BK + tl.arange(0, BK)
+    cols_t = tl.arange(0, BT)
+    b = tl.load(gc_ptr + gbase + rows * H, mask=rows < T, other=0.0)
+    b_last = tl.load(gc_ptr + gbase + last * H)
+    dq = tl.zeros([BT, BK], dtype=tl.float32)
+    dk = tl.zeros([BT, BK], dtype=tl.float32)
+    sbase = (i_bh.to(tl.int64) * N + i_n) * K * V
+    for i_v in range(tl.cdiv(V, BV)):
+        cols_v = i_v * BV + tl.arange(0, BV)
+        do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        smask = (cols_v[:, None] < V) & (cols_k[None, :] < K)
+        soffs = cols_k[None, :] * V + cols_v[:, None]  # [BV, BK]: the state transposed
+        hT = tl.load(hs_ptr + sbase + soffs, mask=smask, other=0.0).to(do.dtype)
+        dhT = tl.load(dhs_ptr + sbase + soffs, mask=smask, other=0.0).to(v.dtype)
+        dq += tl.dot(do, hT)
+        dk += tl.dot(v, dhT)
+    dq = dq * (scale * tl.exp(b))[:, None]
+    dk = dk * tl.exp(tl.minimum(b_last - b, 0.0))[:, None]
+    dA = _load_rows(dA_ptr + abase, rows, T, cols_t, BT, H * BT, 0.0)
+    dAD = dA * _scalar_decay(b, rows, T, BT)  # [BT, BT]
+    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+    k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)
+    dq += tl.dot(dAD.to(k.dtype), k)
+    dk += tl.dot(tl.trans(dAD).to(q.dtype), q)
+    mask = (rows[:, None] < T) & (cols_k[None, :] < K)
+    offs = rows[:, None] * H * K + cols_k[None, :]
+    tl.store(dq_ptr + kbase + offs, dq.to(dq_ptr.dtype.element_ty), mask=mask)
+    tl.store(dk_ptr + kbase + offs, dk.to(dk_ptr.dtype.element_ty), mask=mask)
+    # dL/dG summed over K (module docstring), reverse-summed over time by _bwd_dg_kernel
+    dG = tl.sum(q.to(tl.float32) * dq - k.to(tl.float32) * dk, axis=1)  # [BT]
+    BTH = tl.num_programs(2).to(tl.int64) * T  # B * H * T: one slice of dG
+    tl.store(dG_ptr + i_k * BTH + gbase + rows * H, dG, mask=rows < T)
+
+
+@triton.jit
+def _bwd_dg_kernel(
+    dG_ptr,
+    dgl_ptr,
+    dg_ptr,
+    T,
+    H,
+    K,
+    N,
+    NKS,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    SCALAR: tl.constexpr,
+    HAS_DGL: tl.constexpr,
+):
+    """dg_t = sum_{s >= t} dG_s + dgl: a reverse scan over chunks of dG = dL/dG
+    ([B, T, H, K], or [B, T, H] for a scalar gate), plus dgl = sum_v dh_T ⊙ h_T
+    ([B, H, K], summed over K for a scalar gate), the final state's share that every step
+    feels. Grid (cdiv(K, BK), B*H), one program per head when SCALAR."""
+    i_k, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    gbase = (i_b * T * H + i_h).to(tl.int64)
+    cols_k = i_k * BK + tl.arange(0, BK)
+    carry = tl.zeros([BK], dtype=tl.float32)
+    if HAS_DGL:
+        carry += tl.load(dgl_ptr + i_bh.to(tl.int64) * K + cols_k, mask=cols_k < K, other=0.0)
+    carry_s = tl.sum(carry, axis=0)
+    for i_r in range(N):
+        rows = (N - 1 - i_r) * BT + tl.arange(0, BT)
+        if SCALAR:
+            dG = tl.zeros([BT], dtype=tl.float32)
+            for i_s in range(NKS):  # the K-slices written by _bwd_dqdk_scalar_kernel
+                ptrs = dG_ptr + i_s * tl.num_programs(1).to(tl.int64) * T + gbase + rows * H
+                dG += tl.load(ptrs, mask=rows < T, other=0.0)  # [BT]
+            dg = tl.cumsum(dG, axis=0, reverse=True) + carry_s
+            tl.store(dg_ptr + gbase + rows * H, dg, mask=rows < T)
+            carry_s += tl.sum(dG, axis=0)
+        else:
+            dG = _load_rows(dG_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
+            mask = (rows[:, None] < T) & (cols_k[None, :] < K)
+            ptrs = dg_ptr + kbase + rows[:, None] * H * K + cols_k[None, :]
+            tl.store(ptrs, tl.cumsum(dG, axis=0, reverse=True) + carry[None, :], mask=mask)
+            carry += tl.sum(dG, axis=0)
+
+
+@triton.jit
+def _decode_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    g_ptr,
+    s_ptr,
+    o_ptr,
+    ns_ptr,
+    scale,
+    H,
+    K,
+    V,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+):
+    """S' = e^{g} ⊙ S + k v^T, o = scale S'^T q, for one (b, h) and V block.
+    Grid (cdiv(V, BV), B*H)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    kmask = cols_k < K
+    vmask = cols_v < V
+    base_k = i_bh.to(tl.int64) * K
+    base_v = i_bh.to(tl.int64) * V
+    q = tl.load(q_ptr + base_k + cols_k, mask=kmask, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + base_k + cols_k, mask=kmask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + base_v + cols_v, mask=vmask, other=0.0).to(tl.float32)
+    if SCALAR:
+        g = tl.load(g_ptr + i_bh).to(tl.float32) + tl.zeros([BK], dtype=tl.float32)
+    else:
+        g = tl.load(g_ptr + base_k + cols_k, mask=kmask, other=0.0).to(tl.float32)
+    smask = kmask[:, None] & vmask[None, :]
+    soffs = i_bh.to(tl.int64) * K * V + cols_k[:, None] * V + cols_v[None, :]
+    s = tl.load(s_ptr + soffs, mask=smask, other=0.0).to(tl.float32)
+    s = s * tl.exp(g)[:, None] + k[:, None] * v[None, :]
+    o = tl.sum(s * q[:, None], axis=0) * scale  # [BV]
+    tl.store(ns_ptr + soffs, s, mask=smask)
+    tl.store(o_ptr + base_v + cols_v, o.to(o_ptr.dtype.element_ty), mask=vmask)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _sizes(q, v, BT):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    return B, T, H, K, V, triton.cdiv(T, BT)
+
+
+def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
+    """Forward stages; returns o, the final state (or None) and what backward needs."""
+    BC, BV = min(CONFIG["BC"], BT), CONFIG["BV"]
+    B, T, H, K, V, N = _sizes(q, v, BT)
+    BK = _pow2(K)
+    BVb = min(BV if BK <= 128 else CONFIG["BV_K256"], _pow2(V))
+    dev = q.device
+    f32 = torch.float32
+    gc = runtime.new_empty(tuple(g.shape), dtype=f32, device=dev)
+    _chunk_cumsum_kernel[(N, B * H)](g, gc, T, H, K, BT=BT, BK=BK, SCALAR=scalar)
+    hs = runtime.new_empty((B, H, N, K, V), dtype=f32, device=dev)
+    ht = runtime.new_empty((B, H, K, V), dtype=f32, device=dev) if output_final_state else None
+    _fwd_states_kernel[(triton.cdiv(V, BVb), B * H)](
+        k,
+        v,
+        gc,
+        h0 if h0 is not None else gc,
+        hs,
+        ht if ht is not None else hs,
+        T,
+        H,
+        K,
+        V,
+        N,
+        BT=BT,
+        BK=BK,
+        BV=BVb,
+        SCALAR=scalar,
+        HAS_H0=h0 is not None,
+        STORE_HT=ht is not None,
+        num_warps=CONFIG["warps_state"],
+        num_stages=CONFIG["stages"],
+    )
+    A = runtime.new_empty((B, T, H, BT), dtype=f32, device=dev)
+    if scalar:  # one [BT, BT] product per chunk
+        grid, kernel, kw = (N, B * H), _fwd_intra_scalar_kernel, {}
+    else:  # sub-chunk tiles (module docstring)
+        grid, kernel, kw = (N * (BT // BC), B * H), _fwd_intra_kernel, {"BC": BC, "SCALAR": False}
+    kernel[grid](
+        q,
+        k,
+        gc,
+        A,
+        T,
+        H,
+        K,
+        BT=BT,
+        BK=BK,
+        num_warps=CONFIG["warps_chunk"],
+        num_stages=CONFIG["stages"],
+        **kw,
+    )
+    o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
+    _fwd_output_kernel[(triton.cdiv(V, BVb), N, B * H)](
+        q,
+        v,
+        gc,
+        hs,
+        A,
+        o,
+        scale,
+        T,
+        H,
+        K,
+        V,
+        N,
+        BT=BT,
+        BK=BK,
+        BV=BVb,
+        SCALAR=scalar,
+        num_warps=CONFIG["warps_chunk"],
+        num_stages=CONFIG["stages"],
+    )
+    return o, ht, (gc, hs, A)
+
+
+def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT):
+    BC, BV = min(CONFIG["BC"], BT), CONFIG["BV"]
+    B, T, H, K, V, N = _sizes(q, v, BT)
+    BK = _pow2(K)
+    BVb = min(BV if BK <= 128 else CONFIG["BV_K256"], _pow2(V))
+    dev = q.device
+    f32 = torch.float32
+    dhs = runtime.new_empty((B, H, N, K, V), dtype=f32, device=dev)
+    dh0 = runtime.new_empty((B, H, K, V), dtype=f32, device=dev) if want_dh0 else None
+    _bwd_states_kernel[(triton.cdiv(V, BVb), B * H)](
+        q,
+        do,
+        gc,
+        dht if dht is not None else gc,
+        dhs,
+        dh0 if dh0 is not None else dhs,
+        scale,
+        T,
+        H,
+        K,
+        V,
+        N,
+        BT=BT,
+        BK=BK,
+        BV=BVb,
+        SCALAR=scalar,
+        HAS_DHT=dht is not None,
+        STORE_DH0=dh0 is not None,
+        num_warps=CONFIG["warps_state"],
+        num_stages=CONFIG["stages"],
+    )
+    dA = runtime.new_empty((B, T, H, BT), dtype=f32, device=dev)
+    _bwd_dA_kernel[(N, B * H)](
+        do,
+        v,
+        dA,
+        scale,
+        T,
+        H,
+        V,
+        BT=BT,
+        BV=BVb,
+        num_warps=CONFIG["warps_chunk"],
+        num_stages=CONFIG["stages"],
+    )
+    dv = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
+    _bwd_dv_kernel[(triton.cdiv(V, BVb), N, B * H)](
+        k,
+        do,
+        gc,
+        A,
+        dhs,
+        dv,
+        scale,
+        T,
+        H,
+        K,
+        V,
+        N,
+        BT=BT,
+        BK=BK,
+        BV=BVb,
+        SCALAR=scalar,
+        num_warps=CONFIG["warps_chunk"],
+        num_stages=CONFIG["stages"],
+    )
+    dq = runtime.new_empty((B, T, H, K), dtype=q.dtype, device=dev)
+    dk = runtime.new_empty((B, T, H, K), dtype=k.dtype, device=dev)
+    if scalar:  # K split in slices; dG holds each slice's share, summed by _bwd_dg_kernel
+        BKs = min(BK, CONFIG["BK_dqdk_scalar"])
+        NKS = triton.cdiv(K, BKs)
+        dG = runtime.new_empty((NKS, *gc.shape), dtype=f32, device=dev)
+        grid, kernel, kw = (N, NKS, B * H), _bwd_dqdk_scalar_kernel, {"BK": BKs}
+    else:
+        NKS = 1
+        dG = runtime.new_empty(tuple(gc.shape), dtype=f32, device=dev)  # dL/dG
+        grid, kernel, kw = (N * (BT // BC), B * H), _bwd_dqdk_kernel, {"BK": BK, "BC": BC}
+        kw["SCALAR"] = False
+    args = (q, k, v, do, gc, dA, hs, dhs, dq, dk, dG, scale, T, H, K, V, N)
+    kernel[grid](
+        *args, BT=BT, BV=BVb, num_warps=CONFIG["warps_chunk"], num_stages=CONFIG["stages"], **kw
+    )
+    # the gate gradient (module docstring): dg_t = sum_{s >= t} dG_s, plus the final
+    # state's share sum_v dh_T ⊙ h_T at every step
+    dgl = None
+    if dht is not None and ht is not None:
+        dgl = (dht.float() * ht).sum(-1).contiguous()  # [B, H, K]
+    dg = runtime.new_empty(tuple(gc.shape), dtype=f32, device=dev)
+    BKg = BK if scalar else min(BK, CONFIG["BK_dg"])  # a scalar gate: one program per head
+    _bwd_dg_kernel[(triton.cdiv(K, BKg), B * H)](
+        dG,
+        dG if dgl is None else dgl,
+        dg,
+        T,
+        H,
+        K,
+        N,
+        NKS,
+        BT=BT,
+        BK=BKg,
+        SCALAR=scalar,
+        HAS_DGL=dgl is not None,
+        num_warps=CONFIG["warps_state"],
+        num_stages=CONFIG["stages"],
+    )
+    return dq, dk, dv, dg, dh0
+
+
+class _ChunkGLA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
+        o, ht, (gc, hs, A) = _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT)
+        ctx.BT = BT
+        ctx.save_for_backward(q, k, v, gc, hs, A, ht)
+        ctx.scale, ctx.scalar = scale, scalar
+        ctx.has_h0 = h0 is not None
+        ctx.g_dtype = g.dtype
+        ctx.h0_dtype = h0.dtype if h0 is not None else None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gc, hs, A, ht = ctx.saved_tensors
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        dq, dk, dv, dg, dh0 = _chunk_backward(
+            q, k, v, gc, hs, A, do, dht, ht, ctx.scale, ctx.has_h0, ctx.scalar, ctx.BT
+        )
+        dh0 = dh0.to(ctx.h0_dtype) if dh0 is not None else None
+        return (dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None)
+
+
+def _check_log_gate_fast(name: str, g: torch.Tensor) -> None:
+    """``checks.check_log_gate`` in one pass over the gate (a min/max reduction, NaN-
+    propagating), falling back to it for the message when something is wrong. At T = 64k
+    the gate tensor is gigabytes; the shared check reads it twice."""
+    lo, hi = torch.aminmax(g.detach())
+    lo, hi = float(lo), float(hi)
+    if not (lo > float("-inf") and hi <= 0.0):  # NaN compares False
+        checks.check_log_gate(name, g.detach())
+
+
+def _launch(q, k, v, g, scale, initial_state, output_final_state, scalar, name, chunk_size):
+    chunk_size = CONFIG["BT"] if chunk_size is None else chunk_size
+    chunk_size = checks.check_positive_int("chunk_size", chunk_size)
+    if chunk_size not in (16, 32, 64, 128):
+        raise ValueError(f"chunk_size must be 16, 32, 64 or 128, got {chunk_size}")
+    dims = validate(q, k, v, None, None, scale, initial_state)
+    spec = "B T H" if scalar else "B T H K"
+    checks.check_shapes(dims, g=(g, spec))
+    _check_log_gate_fast("g", g)
+    checks.check_same_dtype(q=q, k=k, v=v)
+    if dims["K"] > 256 or dims["V"] > 256:
+        raise ValueError(
+            f"{name} supports head dims up to 256 (q/k: K, v: V), got K={dims['K']}, V={dims['V']}"
+        )
+    scale = dims["K"] ** -0.5 if scale is None else float(scale)
+    q, k, v, g = (x.contiguous() for x in (q, k, v, g))
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    o, ht = _ChunkGLA.apply(q, k, v, g, scale, h0, bool(output_final_state), scalar, chunk_size)
+    return o, (ht if output_final_state else None)
+
+
+def chunk_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated linear attention with a vector gate (GLA), chunkwise, forward and backward.
+
+    ``S_t = (e^{g_t} 1^T) ⊙ S_{t-1} + k_t v_t^T``, ``o_t = scale * S_t^T q_t``.
+
+    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; g: log gates ``[B, T, H, K]`` (<= 0);
+    initial_state: ``[B, H, K, V]``. Returns ``o [B, T, H, V]`` in v's dtype and the final
+    state ``[B, H, K, V]`` in fp32 (``None`` unless ``output_final_state``). Chunks of
+    ``chunk_size`` steps (the module docstring gives the algorithm); inputs fp32, fp16 or
+    bf16, all accumulation in fp32; K and V up to 256 (padded to a power of two >= 16
+    and masked), any T.
+    """
+    return _launch(
+        q, k, v, g, scale, initial_state, output_final_state, False, "chunk_gla", chunk_size
+    )
+
+
+def chunk_simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated linear attention with one scalar gate per head and step (Mamba-2, simple GLA).
+
+    ``S_t = e^{g_t} S_{t-1} + k_t v_t^T``; g: ``[B, T, H]`` (<= 0); other shapes and
+    dtypes as in :func:`chunk_gla`. The same kernels read the gate as one number per row
+    (broadcast over K); its gradient is the K-sum of the vector gate's.
+    """
+    return _launch(
+        q,
+        k,
+        v,
+        g,
+        scale,
+        initial_state,
+        output_final_state,
+        True,
+        "chunk_simple_gla",
+        chunk_size,
+    )
+
+
+def gla_decode_step(
+    q_t: torch.Tensor,
+    k_t: torch.Tensor,
+    v_t: torch.Tensor,
+    g_t: torch.Tensor,
+    state: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step in one kernel: ``S' = e^{g_t} ⊙ S + k_t v_t^T``, ``o_t = scale S'^T q_t``.
+
+    q_t, k_t: ``[B, H, K]``; v_t: ``[B, H, V]``; g_t: ``[B, H, K]`` (vector gate) or
+    ``[B, H]`` (scalar gate); state: ``[B, H, K, V]``. Returns ``o_t [B, H, V]`` (v's
+    dtype) and the new state (fp32). Each program owns a K x BV slice of one head's state.
+    """
+    dims = checks.check_shapes(
+        q_t=(q_t, "B H K"), k_t=(k_t, "B H K"), v_t=(v_t, "B H V"), state=(state, "B H K V")
+    )
+    if g_t is None or g_t.dim() not in (2, 3):
+        raise ValueError("g_t must have shape [B, H] or [B, H, K] (log gates)")
+    checks.check_shapes(dims, g_t=(g_t, "B H" if g_t.dim() == 2 else "B H K"))
+    _check_log_gate_fast("g_t", g_t)
+    if scale is not None:
+        checks.check_positive_float("scale", scale)
+    B, H, K = q_t.shape
+    V = v_t.shape[-1]
+    scale = K**-0.5 if scale is None else float(scale)
+    BV = min(CONFIG["decode_BV"], _pow2(V))
+    q_t, k_t, v_t, g_t, state = (x.contiguous() for x in (q_t, k_t, v_t, g_t, state))
+    o = runtime.new_empty((B, H, V), dtype=v_t.dtype, device=q_t.device)
+    new_state = runtime.new_empty((B, H, K, V), dtype=torch.float32, device=q_t.device)
+    _decode_kernel[(triton.cdiv(V, BV), B * H)](
+        q_t,
+        k_t,
+        v_t,
+        g_t,
+        state,
+        o,
+        new_state,
+        scale,
+        H,
+        K,
+        V,
+        BK=_pow2(K),
+        BV=BV,
+        SCALAR=g_t.dim() == 2,
+        num_warps=CONFIG["decode_warps"],
+    )
+    return o, new_state

@@ -1,0 +1,280 @@
+"""Triton kernels of gated linear attention against the float64 reference.
+
+On the CPU the kernels run in Triton's interpreter (tiny sizes); tests marked ``gpu`` run
+compiled kernels in fp16/bf16 and at long T, and skip here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import runtime
+from course_lib.gated_linear_attention import numpy_ref as R
+from course_lib.gated_linear_attention import torch_impl as P
+from course_lib.testing import TOLERANCE, rel_error
+
+if not runtime.triton_available():  # pragma: no cover - Linux always has Triton
+    pytest.skip("Triton is not installed", allow_module_level=True)
+
+from course_lib.gated_linear_attention import triton_kernels as TK
+
+DEVICE = runtime.default_device()
+
+
+def _draw(B, T, H, K, V, scalar, seed=0, low=-1.0):
+    rng = np.random.default_rng(seed)
+    g_shape = (B, T, H) if scalar else (B, T, H, K)
+    return {
+        "q": rng.standard_normal((B, T, H, K)),
+        "k": rng.standard_normal((B, T, H, K)),
+        "v": rng.standard_normal((B, T, H, V)),
+        "g": rng.uniform(low, -0.01, g_shape),
+        "h0": 0.5 * rng.standard_normal((B, H, K, V)),
+    }
+
+
+def _reference(x, do, dht):
+    """float64: numpy outputs, torch (float64, autograd) gradients of <o, do> + <h_T, dht>."""
+    o, ht = R.gated_linear_attention_recurrent(
+        x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"], output_final_state=True
+    )
+    t = {n: torch.from_numpy(a).requires_grad_(True) for n, a in x.items()}
+    o_t, ht_t = P.gated_linear_attention_chunkwise(
+        t["q"],
+        t["k"],
+        t["v"],
+        t["g"],
+        initial_state=t["h0"],
+        output_final_state=True,
+        chunk_size=8,
+    )
+    loss = (o_t * torch.from_numpy(do)).sum() + (ht_t * torch.from_numpy(dht)).sum()
+    grads = torch.autograd.grad(loss, list(t.values()))
+    return o, ht, [g.numpy() for g in grads]
+
+
+def _triton(x, do, dht, dtype, chunk_size):
+    t = {
+        n: torch.from_numpy(a)
+        .to(DEVICE, dtype if n in "qkv" else torch.float32)
+        .requires_grad_(True)
+        for n, a in x.items()
+    }
+    fn = TK.chunk_simple_gla if x["g"].ndim == 3 else TK.chunk_gla
+    with runtime.poison_outputs():
+        o, ht = fn(
+            t["q"],
+            t["k"],
+            t["v"],
+            t["g"],
+            initial_state=t["h0"],
+            output_final_state=True,
+            chunk_size=chunk_size,
+        )
+        loss = (o.float() * torch.from_numpy(do).to(DEVICE)).sum()
+        loss = loss + (ht * torch.from_numpy(dht).to(DEVICE)).sum()
+        grads = torch.autograd.grad(loss, list(t.values()))
+    assert o.dtype == dtype and ht.dtype == torch.float32
+    return o, ht, grads
+
+
+def _check(B, T, H, K, V, scalar, chunk_size, dtype=torch.float32, seed=0, low=-1.0):
+    x = _draw(B, T, H, K, V, scalar, seed, low)
+    for n in "qkv":  # the reference sees the inputs as rounded to the kernel's dtype
+        x[n] = torch.from_numpy(x[n]).to(dtype).double().numpy()
+    rng = np.random.default_rng(seed + 100)
+    do = rng.standard_normal((B, T, H, V))
+    dht = rng.standard_normal((B, H, K, V))
+    o_ref, ht_ref, g_ref = _reference(x, do, dht)
+    o, ht, grads = _triton(x, do, dht, dtype, chunk_size)
+    tol = TOLERANCE[str(dtype).replace("torch.", "")]
+    names = ["o", "final state", "dq", "dk", "dv", "dg", "dh0"]
+    for name, got, ref in zip(names, [o, ht, *grads], [o_ref, ht_ref, *g_ref], strict=True):
+        err = rel_error(got, ref)
+        assert err <= tol, f"{name}: relative error {err:.2e} > {tol} (T={T}, K={K})"
+
+
+# (B, T, H, K, V, scalar gate?, chunk): T = 1, one short of a chunk, one past a chunk;
+# K = 16 and a K = 60 that pads to 64; off-diagonal sub-chunk tiles need chunk > 16.
+AWKWARD = [
+    (1, 1, 1, 16, 16, False, 64),
+    (1, 63, 1, 60, 20, False, 64),
+    (1, 65, 1, 16, 12, True, 32),
+    (2, 17, 1, 16, 16, True, 16),
+    (1, 20, 1, 80, 16, True, 16),  # a scalar gate's dq/dk kernel splits K = 80 in two
+]
+
+
+@pytest.mark.parametrize(
+    "size",
+    AWKWARD,
+    ids=lambda s: (
+        f"B{s[0]}T{s[1]}H{s[2]}K{s[3]}V{s[4]}" + ("-scalar" if s[5] else "-vector") + f"-C{s[6]}"
+    ),
+)
+def test_chunk_matches_reference_with_gradients(size):
+    _check(*size)
+
+
+def test_chunk_strong_decay_is_finite_and_correct():
+    """Log gates near -20 per step over a chunk: exp(20 * 30) would overflow fp32."""
+    _check(1, 30, 1, 16, 16, False, 32, low=-20.0)
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_chunk_fp16_inputs(scalar):
+    """fp16 operands (the interpreter has no bf16), fp32 accumulation: o in fp16."""
+    _check(1, 20, 1, 16, 16, scalar, 16, dtype=torch.float16, seed=5)
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_chunk_without_states(scalar):
+    """No initial state, no final state asked for: the other branches of the kernels."""
+    x = _draw(1, 19, 1, 16, 8, scalar, seed=7)
+    do = np.random.default_rng(8).standard_normal((1, 19, 1, 8))
+    t = {n: torch.from_numpy(a).float().requires_grad_(True) for n, a in x.items()}
+    fn = TK.chunk_simple_gla if scalar else TK.chunk_gla
+    with runtime.poison_outputs():
+        o, ht = fn(t["q"], t["k"], t["v"], t["g"], chunk_size=16)
+        grads = torch.autograd.grad((o * torch.from_numpy(do).float()).sum(), [t["q"], t["g"]])
+    assert ht is None
+    r = {n: torch.from_numpy(a).requires_grad_(True) for n, a in x.items()}
+    o_ref, _ = P.gated_linear_attention_chunkwise(r["q"], r["k"], r["v"], r["g"], chunk_size=8)
+    ref = torch.autograd.grad((o_ref * torch.from_numpy(do)).sum(), [r["q"], r["g"]])
+    for got, want in zip([o, *grads], [o_ref, *ref], strict=True):
+        assert rel_error(got, want) <= TOLERANCE["float32"]
+
+
+def test_registry_wrapper_dispatch_and_rejects_gv():
+    from course_lib.gated_linear_attention.registrations import triton_chunk
+
+    x = _small(scalar=True)
+    o, _ = triton_chunk(x["q"], x["k"], x["v"], gk=x["g"])
+    o_ref, _ = R.gated_linear_attention_recurrent(
+        *(x[n].double().numpy() for n in ("q", "k", "v", "g"))
+    )
+    assert rel_error(o, o_ref) <= TOLERANCE["float32"]
+    with pytest.raises(ValueError, match="gv"):
+        triton_chunk(x["q"], x["k"], x["v"], gk=x["g"], gv=x["v"] * 0 - 1)
+    with pytest.raises(ValueError, match="gk"):
+        triton_chunk(x["q"], x["k"], x["v"], gk=x["g"][0, 0])
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_decode_step_matches_numpy(scalar):
+    rng = np.random.default_rng(3)
+    B, H, K, V = 2, 2, 20, 36
+    q, k = rng.standard_normal((2, B, H, K))
+    v = rng.standard_normal((B, H, V))
+    g = rng.uniform(-2.0, -0.01, (B, H) if scalar else (B, H, K))
+    S = rng.standard_normal((B, H, K, V))
+    o_ref, S_ref = R.gated_linear_attention_step(q, k, v, S, gk_t=g)
+    with runtime.poison_outputs():
+        o, S_new = TK.gla_decode_step(
+            *(torch.from_numpy(a).float().to(DEVICE) for a in (q, k, v, g, S))
+        )
+    assert rel_error(o, o_ref) <= TOLERANCE["float32"]
+    assert rel_error(S_new, S_ref) <= TOLERANCE["float32"]
+
+
+def _small(scalar=False):
+    x = _draw(1, 5, 1, 16, 16, scalar)
+    return {n: torch.from_numpy(a).float() for n, a in x.items()}
+
+
+BAD_TRITON = {
+    "positive g": (lambda x: x | {"g": x["g"].abs()}, "g"),
+    "NaN g": (lambda x: x | {"g": x["g"] * float("nan")}, "g"),
+    "g wrong shape": (lambda x: x | {"g": x["g"][..., :-1]}, "g"),
+    "k wrong K": (lambda x: x | {"k": x["k"][..., :-1]}, "k"),
+    "state wrong shape": (lambda x: x | {"h0": x["h0"][..., :-1]}, "initial_state"),
+    "mixed dtypes": (lambda x: x | {"v": x["v"].double()}, "v"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_TRITON), ids=list(BAD_TRITON))
+def test_chunk_rejects_bad_inputs(bad):
+    change, named = BAD_TRITON[bad]
+    x = change(_small())
+    with pytest.raises((ValueError, TypeError), match=named):
+        TK.chunk_gla(x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"])
+
+
+def test_chunk_rejects_bad_chunk_size_and_big_heads():
+    x = _small()
+    with pytest.raises(ValueError, match="chunk_size"):
+        TK.chunk_gla(x["q"], x["k"], x["v"], x["g"], chunk_size=48)
+    big = torch.zeros(1, 2, 1, 300)
+    with pytest.raises(ValueError, match="256"):
+        TK.chunk_gla(big, big, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 300) - 0.1)
+    with pytest.raises(ValueError, match="g"):  # a vector gate given to the scalar kernel
+        TK.chunk_simple_gla(x["q"], x["k"], x["v"], x["g"])
+
+
+def test_fla_naive_gla_agrees_with_ours():
+    """fla-core's own naive recurrence (fp32) against our torch chunkwise form."""
+    naive = pytest.importorskip("fla.ops.gla.naive")
+    x = _draw(2, 23, 2, 8, 6, scalar=False)
+    t = {n: torch.from_numpy(a).float() for n, a in x.items()}
+    o_fla, ht_fla = naive.naive_recurrent_gla(
+        t["q"], t["k"], t["v"], t["g"], initial_state=t["h0"], output_final_state=True
+    )
+    o, ht = P.gated_linear_attention_chunkwise(
+        t["q"],
+        t["k"],
+        t["v"],
+        t["g"],
+        initial_state=t["h0"],
+        output_final_state=True,
+        chunk_size=8,
+    )
+    assert rel_error(o, o_fla) <= TOLERANCE["float32"]
+    assert rel_error(ht, ht_fla) <= TOLERANCE["float32"]
+    o_ref, _ = R.gated_linear_attention_recurrent(
+        x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"], output_final_state=True
+    )
+    assert rel_error(o_fla, o_ref) <= TOLERANCE["float32"]
+
+
+# ------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+@pytest.mark.parametrize("K", [64, 100, 128, 256])
+def test_gpu_half_precision(dtype, scalar, K):
+    _check(2, 333, 3, K, 128 if K != 100 else 96, scalar, 64, dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_gpu_long_sequence(scalar):
+    _check(1, 4100, 2, 64, 64, scalar, 64, dtype=torch.bfloat16, seed=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_gpu_matches_fla_chunk_kernels(scalar):
+    fla_gla = pytest.importorskip("fla.ops.gla")
+    fla_simple = pytest.importorskip("fla.ops.simple_gla")
+    x = _draw(2, 1000, 4, 128, 128, scalar)
+    t = {
+        n: torch.from_numpy(a).cuda().to(torch.bfloat16 if n in "qkv" else torch.float32)
+        for n, a in x.items()
+    }
+    ours = (TK.chunk_simple_gla if scalar else TK.chunk_gla)(
+        t["q"], t["k"], t["v"], t["g"], initial_state=t["h0"], output_final_state=True
+    )
+    if scalar:
+        theirs = fla_simple.chunk_simple_gla(
+            t["q"], t["k"], t["v"], g=t["g"], initial_state=t["h0"], output_final_state=True
+        )
+    else:
+        theirs = fla_gla.chunk_gla(
+            t["q"], t["k"], t["v"], g=t["g"], initial_state=t["h0"], output_final_state=True
+        )
+    for a, b in zip(ours, theirs, strict=True):
+        assert rel_error(a, b) <= TOLERANCE["bfloat16"]
