@@ -62,8 +62,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     token, port = secrets.token_hex(16), _free_port()
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={work}",
-           "--ServerApp.open_browser=False", "--allow-root", "--LabApp.news_url=", "--ServerApp.disable_check_xsrf=True"]  # fmt: skip
-    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
+           "--ServerApp.open_browser=False", "--allow-root", "--LabApp.news_url=",
+           "--ServerApp.disable_check_xsrf=True"]  # fmt: skip
+    log = open(work / "server.log", "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -153,7 +154,9 @@ def test_chapter_runs_and_widgets_respond(lab, browser, chapter: str) -> None:
             page.wait_for_timeout(1000)
         page.screenshot(path=str(_artifacts() / f"{chapter}_ran.png"), full_page=False)
         assert not _busy(page), f"{chapter}: cells still running after 240 s"
-        errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        errors = page.locator(
+            ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+        )
         tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
         assert not tracebacks, f"{chapter}: error output\n{tracebacks[0][:2000]}"
         widgets = page.locator(".jupyter-widgets.widget-hbox, .jupyter-widgets.widget-box")

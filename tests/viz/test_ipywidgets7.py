@@ -35,7 +35,9 @@ def test_widgets_work_with_ipywidgets_7(tmp_path: Path) -> None:
                "ipywidgets>=7.7,<8", "widgetsnbextension>=3.6,<4", "jupyterlab_widgets>=1,<2",
                "ipython_genutils"]  # fmt: skip
     subprocess.run(install, check=True, capture_output=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])
+    )
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("ok ") == 4
+    assert out.stdout.count("ok ") == SCRIPT.count(": (")

@@ -35,7 +35,11 @@ def test_moving_a_control_changes_the_figure(name, control, value, key) -> None:
     widget.controls[control].value = value
     assert _changed(before, widget.data()[key])
     assert widget._image().data != png_before
-    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in widget.fig.axes if ax.get_label() != "<colorbar>")
+    assert all(
+        ax.get_xlabel() and ax.get_ylabel()
+        for ax in widget.fig.axes
+        if ax.get_label() != "<colorbar>"
+    )
 
 
 def test_show_displays_controls_and_a_static_image(capsys) -> None:
