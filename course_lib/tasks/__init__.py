@@ -4,7 +4,7 @@ Glossary of dimension letters: ``n`` examples, ``T`` sequence length, ``P`` key-
 pairs, ``L`` vocabulary size, ``D`` model width.
 
 * :mod:`.mqar` -- the MQAR data of Arora et al. 2023 (Zoology): :func:`make_mqar`,
-  :class:`MQARConfig`, :func:`recall_accuracy`.
+  :class:`MQARConfig`, :func:`mqar_targets`, :func:`recall_accuracy`.
 * :mod:`.train` -- :func:`train_mqar` and :func:`evaluate_recall` for a
   :class:`course_lib.nn.TinyLM` with any mixer.
 * :mod:`.experiment` -- the grid of chapter 10 (mixers x widths x pair counts), its state
@@ -21,8 +21,10 @@ from course_lib.tasks.mqar import (
     MQARConfig,
     answer_mask,
     make_mqar,
+    mqar_targets,
     query_gap_probabilities,
     recall_accuracy,
+    recall_per_example,
 )
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "MQARConfig",
     "answer_mask",
     "make_mqar",
+    "mqar_targets",
     "query_gap_probabilities",
     "recall_accuracy",
+    "recall_per_example",
 ]

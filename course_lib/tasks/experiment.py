@@ -156,6 +156,7 @@ class GridConfig:
     head_dim: dict[str, int] = field(default_factory=lambda: {"h3": 8})
     mixer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_seconds_per_run: float | None = None
+    learned_positions: bool = False
     seed: int = 0
 
     def num_heads(self, mixer: MixerSpec, width: int) -> int:
@@ -195,12 +196,21 @@ CONFIGS: dict[str, GridConfig] = {
         eval_every=100,
         num_eval=512,
         max_seconds_per_run=7.0,
+        learned_positions=True,
     ),
 }
 
 
 def build_model(config: GridConfig, mixer: MixerSpec, width: int) -> TinyLM:
-    """A TinyLM of ``config.n_layers`` layers of ``mixer`` at width ``width``."""
+    """A TinyLM of ``config.n_layers`` layers of ``mixer`` at width ``width``.
+
+    With ``config.learned_positions`` the model adds learned absolute position embeddings
+    (GPT-2 style, ``max_seq_len = seq_len``) and attention drops its rotary embeddings: in
+    our runs attention then learned MQAR's lookup several times sooner.
+    """
+    kwargs = {name: dict(kw) for name, kw in config.mixer_kwargs.items()}
+    if config.learned_positions:
+        kwargs.setdefault("attention", {}).setdefault("rotary", False)
     return TinyLM(
         config.vocab_size,
         d_model=width,
@@ -208,7 +218,8 @@ def build_model(config: GridConfig, mixer: MixerSpec, width: int) -> TinyLM:
         mixer=_layers(mixer, config.n_layers),
         num_heads=config.num_heads(mixer, width),
         mlp_ratio=config.mlp_ratio,
-        mixer_kwargs=config.mixer_kwargs or None,
+        mixer_kwargs=kwargs or None,
+        max_seq_len=config.seq_len if config.learned_positions else None,
     )
 
 

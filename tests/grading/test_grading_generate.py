@@ -157,12 +157,13 @@ def test_sync_check_catches_drift(tmp_path) -> None:
     assert check_in_sync(sol, ex) == []
 
     nb = read(ex / PILOT)  # someone edits the exercise by hand: an output, then a source
-    nb.cells[3].outputs = [nbformat.v4.new_output("stream", text="leaked\n")]
+    stub = next(i for i, c in enumerate(nb.cells) if "NotImplementedError" in c.source)
+    nb.cells[stub].outputs = [nbformat.v4.new_output("stream", text="leaked\n")]
     nbformat.write(nb, ex / PILOT)
     assert check_in_sync(sol, ex) == [PILOT]
     generate(sol, ex)
     nb = read(ex / PILOT)
-    nb.cells[3].source = nb.cells[3].source.replace("NotImplementedError", "ValueError")
+    nb.cells[stub].source = nb.cells[stub].source.replace("NotImplementedError", "ValueError")
     nbformat.write(nb, ex / PILOT)
     assert check_in_sync(sol, ex) == [PILOT]
 

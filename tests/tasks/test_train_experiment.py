@@ -171,6 +171,9 @@ def test_gpu_config_covers_every_mixer_at_three_widths_and_pair_counts() -> None
     for m in gpu.mixers:  # every model of the grid can be built
         model = build_model(gpu, m, min(gpu.widths))
         assert math.isfinite(sum(state_size(model, gpu.seq_len)))
+        if gpu.learned_positions:
+            assert model.pos_embedding is not None
+            assert all(not getattr(layer.mixer, "rotary", False) for layer in model.layers)
 
 
 def test_bad_mixer_is_named() -> None:
