@@ -128,8 +128,58 @@ def _wait_idle(page, seconds: float = 120) -> None:
 
 
 def _busy(page) -> bool:
-    prompts = page.locator(".jp-InputArea-prompt").all_inner_texts()
-    return any("*" in p for p in prompts)
+    """A cell is queued or running (``[*]``), or the kernel is not idle."""
+    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+    status = " ".join(page.locator(".jp-StatusBar-TextItem").all_inner_texts())
+    return any("*" in p for p in prompts) or "| Idle" not in status
+
+
+def _wait_done(page, seconds: float) -> bool:
+    """Wait for the run to finish: not busy on three polls in a row."""
+    deadline, quiet = time.time() + seconds, 0
+    while time.time() < deadline and quiet < 3:
+        quiet = 0 if _busy(page) else quiet + 1
+        page.wait_for_timeout(1000)
+    return quiet >= 3
+
+
+def _nudge_slider(page, box) -> bool:
+    handle = box.locator(".noUi-handle, .ui-slider-handle").first
+    if handle.count() == 0:
+        return False
+    handle.focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    return True
+
+
+def _press_toggle(page, box) -> bool:
+    button = box.locator(".widget-toggle-button:not(.mod-active)").first
+    if button.count() == 0:
+        return False
+    button.click()
+    return True
+
+
+def _pick_option(page, box) -> bool:
+    select = box.locator("select:not([multiple])").first
+    if select.count() == 0:
+        return False
+    options = select.locator("option").all_inner_texts()
+    current = select.input_value()
+    others = [o for o in options if o != current]
+    if not others:
+        return False
+    select.select_option(label=others[0])
+    return True
+
+
+def _click_checkbox(page, box) -> bool:
+    checkbox = box.locator("input[type=checkbox]").first
+    if checkbox.count() == 0:
+        return False
+    checkbox.click()
+    return True
 
 
 def _figure_images(page) -> list[str]:
@@ -144,16 +194,15 @@ def test_chapter_runs_and_widgets_respond(lab, browser, chapter: str) -> None:
     base, token = url_token.split("|")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(f"{base}/lab/tree/{chapter}.ipynb?token={token}")
+        # a workspace of its own, reset: only this notebook is open in the page
+        page.goto(f"{base}/lab/workspaces/{chapter}/tree/{chapter}.ipynb?reset&token={token}")
         page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
         _wait_idle(page)
         _run_all(page)
-        page.wait_for_timeout(2000)
-        deadline = time.time() + 240
-        while _busy(page) and time.time() < deadline:
-            page.wait_for_timeout(1000)
+        page.wait_for_timeout(3000)
+        done = _wait_done(page, 240)
         page.screenshot(path=str(_artifacts() / f"{chapter}_ran.png"), full_page=False)
-        assert not _busy(page), f"{chapter}: cells still running after 240 s"
+        assert done, f"{chapter}: cells still running after 240 s"
         errors = page.locator(
             ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
         )
@@ -167,21 +216,19 @@ def test_chapter_runs_and_widgets_respond(lab, browser, chapter: str) -> None:
             box = widgets.nth(i)
             box.scroll_into_view_if_needed()
             before = _figure_images(page)
-            slider = box.locator(".noUi-handle, .ui-slider-handle").first
-            if slider.count() == 0:
-                continue
-            slider.focus()
-            for _ in range(3):
-                page.keyboard.press("ArrowLeft")
-            page.wait_for_timeout(300)
-            for _ in range(60):
+            for attempt in (_nudge_slider, _press_toggle, _pick_option, _click_checkbox):
+                if not attempt(page, box):
+                    continue
+                for _ in range(30):
+                    if _figure_images(page) != before:
+                        break
+                    page.wait_for_timeout(500)
                 if _figure_images(page) != before:
                     break
-                page.wait_for_timeout(500)
             assert _figure_images(page) != before, f"{chapter}: widget {i}'s figure did not change"
             moved += 1
             box.screenshot(path=str(_artifacts() / f"{chapter}_widget{i}_moved.png"))
-        assert moved >= 1, f"{chapter}: no widget had a slider to move"
+        assert moved >= 1, f"{chapter}: no widget had a control to move"
         page.screenshot(path=str(_artifacts() / f"{chapter}_after.png"), full_page=False)
     finally:
         page.close()
