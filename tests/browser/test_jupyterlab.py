@@ -208,7 +208,8 @@ def test_chapter_runs_and_widgets_respond(lab, browser, chapter: str) -> None:
         )
         tracebacks = [t for t in errors.all_inner_texts() if "Traceback" in t or "Error" in t]
         assert not tracebacks, f"{chapter}: error output\n{tracebacks[0][:2000]}"
-        widgets = page.locator(".jupyter-widgets.widget-hbox, .jupyter-widgets.widget-box")
+        # one output area per displayed widget (its controls may nest several boxes)
+        widgets = page.locator(".jp-OutputArea-output:has(.jupyter-widgets)")
         assert widgets.count() >= 1, f"{chapter}: no widget rendered"
         page.screenshot(path=str(_artifacts() / f"{chapter}_before.png"), full_page=False)
         moved = 0
