@@ -37,3 +37,34 @@ def solution_module(tmp_path: Path, cell_ids: tuple[str, ...]) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+CHAPTER_PRELUDE = """import numpy as np
+import torch
+
+from course_lib import runtime
+
+runtime.require_triton()
+import triton
+import triton.language as tl
+"""
+
+
+def chapter_module(folder: str, chapter: str, tmp_path: Path) -> ModuleType:
+    """Every solution-role cell of ``folder/NN_*.ipynb`` written to one file and imported.
+
+    ``folder`` is ``"solutions"`` or ``"exercises"``; the tests thereby follow the notebooks.
+    """
+    (notebook,) = (ROOT / folder).glob(f"{chapter}_*.ipynb")
+    cells = [
+        c.source
+        for c in read(notebook).cells
+        if c.metadata.get("course_lib", {}).get("role") == "solution"
+    ]
+    assert cells, f"{folder}/{notebook.name}: no solution cells"
+    path = tmp_path / f"{folder}_{chapter}.py"
+    path.write_text(CHAPTER_PRELUDE + "\n\n" + "\n\n".join(cells) + "\n")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

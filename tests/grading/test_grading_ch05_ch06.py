@@ -6,14 +6,13 @@ notebooks. The wrong variants are the mistakes each exercise's hints promise to 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-import nbformat
 import numpy as np
 import pytest
 import torch
+from grading_helpers import chapter_module
 
 from course_lib.grading import catalog
 
@@ -29,30 +28,16 @@ FUNCTIONS = {
 }
 
 
-def _module(folder: str, chapter: str, tmp_path: Path) -> ModuleType:
-    """Every solution cell of ``folder/NN_*.ipynb`` written to a file and imported."""
-    nb = nbformat.read(ROOT / folder / NOTEBOOKS[chapter], as_version=4)
-    cells = [
-        c.source for c in nb.cells if c.metadata.get("course_lib", {}).get("role") == "solution"
-    ]
-    path = tmp_path / f"{folder}_{chapter}.py"
-    path.write_text("import numpy as np\nimport torch\n\n" + "\n\n".join(cells) + "\n")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def solutions(tmp_path_factory) -> dict[str, ModuleType]:
     tmp = tmp_path_factory.mktemp("solutions")
-    return {ch: _module("solutions", ch, tmp) for ch in NOTEBOOKS}
+    return {ch: chapter_module("solutions", ch, tmp) for ch in NOTEBOOKS}
 
 
 @pytest.fixture(scope="module")
 def blanks(tmp_path_factory) -> dict[str, ModuleType]:
     tmp = tmp_path_factory.mktemp("exercises")
-    return {ch: _module("exercises", ch, tmp) for ch in NOTEBOOKS}
+    return {ch: chapter_module("exercises", ch, tmp) for ch in NOTEBOOKS}
 
 
 def test_chapters_are_discovered_with_three_exercises() -> None:

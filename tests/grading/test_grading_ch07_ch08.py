@@ -7,14 +7,13 @@ typical learner mistakes, written here independently of the checks' hints, must 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-import nbformat
 import numpy as np
 import pytest
 import torch
+from grading_helpers import chapter_module
 
 from course_lib.grading import catalog
 
@@ -29,41 +28,18 @@ FUNCTIONS = {
     "08.2": "decay_mask_from_gates",
     "08.3": "ssd_attention_form",
 }
-PRELUDE = """import numpy as np
-import torch
-
-from course_lib import runtime
-
-runtime.require_triton()
-import triton
-import triton.language as tl
-"""
-
-
-def _module(folder: str, chapter: str, tmp_path: Path) -> ModuleType:
-    """The solution cells of ``folder/NN_*.ipynb``, written to one file and imported."""
-    nb = nbformat.read(ROOT / folder / NOTEBOOKS[chapter], as_version=4)
-    cells = [
-        c.source for c in nb.cells if c.metadata.get("course_lib", {}).get("role") == "solution"
-    ]
-    path = tmp_path / f"{folder}_{chapter}.py"
-    path.write_text(PRELUDE + "\n\n" + "\n\n".join(cells) + "\n")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def solutions(tmp_path_factory) -> dict[str, ModuleType]:
     tmp = tmp_path_factory.mktemp("solutions")
-    return {ch: _module("solutions", ch, tmp) for ch in NOTEBOOKS}
+    return {ch: chapter_module("solutions", ch, tmp) for ch in NOTEBOOKS}
 
 
 @pytest.fixture(scope="module")
 def blanks(tmp_path_factory) -> dict[str, ModuleType]:
     tmp = tmp_path_factory.mktemp("exercises")
-    return {ch: _module("exercises", ch, tmp) for ch in NOTEBOOKS}
+    return {ch: chapter_module("exercises", ch, tmp) for ch in NOTEBOOKS}
 
 
 def test_chapters_are_discovered() -> None:
