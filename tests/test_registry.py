@@ -50,8 +50,11 @@ GPU_IMPLS = [(i, c) for i, c in registry.iter_cases() if i.backend in ("torch", 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("impl", "case"), GPU_IMPLS, ids=lambda p: getattr(p, "name", p))
 def test_matches_reference_on_gpu(impl: registry.Impl, case: str) -> None:
-    """On CUDA: fp32, fp16 and bf16 (where the GPU has it), at the awkward sizes."""
+    """On CUDA: fp32, fp16 and bf16 (where the GPU has it) at the awkward sizes, and fp64
+    for the PyTorch forms (the Triton kernels take no fp64)."""
     dtypes = ["float32", "float16"] + (["bfloat16"] if runtime.supports_bf16("cuda") else [])
+    if impl.backend == "torch":
+        dtypes.append("float64")
     for seed, size in enumerate(SIZES):
         for dtype in dtypes:
             result = compare(impl, case, size, dtype=dtype, device="cuda", seed=seed)

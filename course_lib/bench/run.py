@@ -351,8 +351,12 @@ def _time_lengths(
     min_run_time: float,
     log: Callable[[str], None],
     tick: Callable[[], None],
+    log_points: bool = False,
 ) -> list[dict[str, Any]]:
-    """Time one series at every length; stop after a call over budget, go on after OOM."""
+    """Time one series at every length; stop after a call over budget, go on after OOM.
+
+    With ``log_points`` every measured length is logged as it finishes (a run without a
+    progress bar then still shows how far it got)."""
     entries: list[dict[str, Any]] = []
     stop_reason: str | None = None
     for T in lengths:
@@ -392,6 +396,8 @@ def _time_lengths(
                 continue  # (the finally clause ticks)
             m = measure(call, device, backend, min_run_time=min_run_time, budget_ms=budget_ms)
             entries.append(_entry(series, mode, size, "ok", io_bytes=io_bytes, **m.as_dict()))
+            if log_points:
+                log(f"{series} ({mode}) T={T}: {m.ms:.4g} ms")
             if budget_ms is not None and m.ms > budget_ms:
                 stop_reason = (
                     f"one call took {m.ms:.0f} ms at T={T}, over the {budget_ms:g} ms budget; "
@@ -547,6 +553,7 @@ def _run(
         "timings": [],
         "peers": found,
         "ratios": [],
+        "complete": False,
     }
     n_items = (len(pairs) + len(timed_peers)) * len(modes) * len(lengths)
     bar = tqdm(total=n_items, desc="benchmark", unit="point", disable=not progress)
@@ -554,6 +561,13 @@ def _run(
 
     def tick() -> None:
         bar.update(1)
+
+    def checkpoint() -> None:
+        """Save what is measured so far (``complete: false``): a run stopped from outside
+        (a time limit, Ctrl-C) keeps every finished series in ``results.json``."""
+        if out_dir is not None:
+            results["ratios"] = _ratios(results, timed_peers)
+            save_results(results, Path(out_dir) / "results.json")
 
     check_sizes = replace(sizes, B=1, T=min(check_length, lengths[0]))
     for impl, case in pairs:
@@ -626,9 +640,11 @@ def _run(
                 min_run_time=min_run_time,
                 log=log,
                 tick=tick,
+                log_points=not progress,
             )
         if info["status"] != "timed":
             info["reason"] = skip or ""
+        checkpoint()
 
     for p in timed_peers:
         bar.set_postfix_str(p.name)
@@ -676,7 +692,9 @@ def _run(
                 min_run_time=min_run_time,
                 log=log,
                 tick=tick,
+                log_points=not progress,
             )
+        checkpoint()
     bar.close()
 
     results["ratios"] = _ratios(results, timed_peers)
@@ -694,6 +712,7 @@ def _run(
             seed=seed,
         )
     results["analysis"] = analysis.summarize(results)
+    results["complete"] = True
     if out_dir is not None:
         write_outputs(results, out_dir, plots=plots, bandwidth_GBps=bandwidth_GBps)
     return results

@@ -96,6 +96,58 @@ def test_time_budget_skips_longer_lengths() -> None:
         assert "budget" in pts[("fake_linear/torch/slow", "fwd", T)]["reason"]
 
 
+@pytest.mark.usefixtures("fake_registry")
+def test_interrupted_run_keeps_finished_series(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped from outside after its first series leaves that series on disk."""
+    import json
+
+    from course_lib.bench import run as run_mod
+
+    real_check = run_mod.check_impl
+    checked: list[str] = []
+
+    def check_then_stop(impl, *args, **kwargs):
+        checked.append(impl.form)
+        if len(checked) == 2:  # as if a time limit stopped the run during series two
+            raise KeyboardInterrupt
+        return real_check(impl, *args, **kwargs)
+
+    monkeypatch.setattr(run_mod, "check_impl", check_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(
+            mechanisms="fake_linear",
+            forms=["scan", "slow"],
+            backends="torch",
+            lengths=(8, 16),
+            peers=False,
+            budget_ms=None,
+            out_dir=tmp_path,
+            **TINY,
+        )
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] is False
+    first = f"fake_linear/torch/{checked[0]}"
+    assert set(saved["series"]) == {first}
+    assert [(e["T"], e["status"]) for e in saved["timings"]] == [(8, "ok"), (16, "ok")]
+    assert all(e["ms"] > 0 for e in saved["timings"])
+    out = capsys.readouterr().out  # without a progress bar each point is logged
+    assert f"{first} (fwd) T=8:" in out and f"{first} (fwd) T=16:" in out
+
+
+@pytest.mark.usefixtures("fake_registry")
+def test_finished_run_is_marked_complete(tmp_path) -> None:
+    import json
+
+    r = run_benchmark(
+        mechanisms="fake_linear", forms="scan", backends="torch", lengths=(8,), peers=False,
+        budget_ms=None, out_dir=tmp_path, plots=False, **TINY,
+    )  # fmt: skip
+    assert r["complete"] is True
+    assert json.loads((tmp_path / "results.json").read_text())["complete"] is True
+
+
 def test_sdpa_peer_is_timed_and_ratio_computed() -> None:
     if ("softmax_attention", "torch", "parallel") not in {
         i.key for i in registry.implementations()
