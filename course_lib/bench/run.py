@@ -44,6 +44,8 @@ from course_lib.testing import TOLERANCE, TorchRand, flatten, rel_error
 
 MODES = ("fwd", "fwdbwd")
 SCHEMA = 1
+# the order series are timed in (peers come before all of them)
+BACKEND_ORDER = {"triton": 0, "torch": 1, "numpy": 2}
 # Cases timed by default when a mechanism has several (the others multiply the run time
 # without changing the comparison): the ones the peers compute; otherwise the first case.
 # ``cases=`` picks others (each mechanism keeps the ones it has).
@@ -529,6 +531,7 @@ def _run(
         N=d_state,
     )
     pairs = select(_as_list(mechanisms), _as_list(backends), _as_list(forms), _as_list(cases))
+    pairs.sort(key=lambda pair: BACKEND_ORDER.get(pair[0].backend, len(BACKEND_ORDER)))
     mech_names = sorted({impl.mechanism for impl, _ in pairs})
     found = peers_mod.find_peers(device, mech_names) if peers else {}
     timed_peers = [peers_mod.peer(n) for n, info in found.items() if info["timed"]]
@@ -569,6 +572,57 @@ def _run(
             results["ratios"] = _ratios(results, timed_peers)
             save_results(results, Path(out_dir) / "results.json")
 
+    # peers first, then Triton, torch, numpy: a run stopped by a time limit keeps the
+    # reference times and the fast kernels, the series that matter most for ratios
+    for p in timed_peers:
+        bar.set_postfix_str(p.name)
+        results["series"][p.name] = {
+            "kind": "peer",
+            "mechanism": p.mechanism,
+            "backend": "peer",
+            "form": p.name,
+            "case": None,
+            "differentiable": p.differentiable,
+            "check": None,
+            "status": "timed",
+            "reason": "",
+        }
+        for m in modes:
+            if m == "fwdbwd" and not p.differentiable:
+                for T in lengths:
+                    results["timings"].append(
+                        _entry(p.name, m, replace(sizes, T=T), "skipped", reason="forward only")
+                    )
+                    tick()
+                continue
+
+            def build_peer(size: Sizes, m: str = m, p: peers_mod.Peer = p) -> tuple:
+                import torch
+
+                rand = TorchRand(seed, dtype=_torch_dtype(dtype), device=device)
+                with torch.no_grad():
+                    fn, args = p.build(size, rand, False)
+                if m == "fwdbwd":
+                    for t in args.values():
+                        if t.is_floating_point():
+                            t.requires_grad_(True)
+                return fn, args
+
+            results["timings"] += _time_lengths(
+                p.name,
+                m,
+                lengths,
+                sizes,
+                build_peer,
+                backend="torch",
+                device=device,
+                budget_ms=budget_ms,
+                min_run_time=min_run_time,
+                log=log,
+                tick=tick,
+                log_points=not progress,
+            )
+        checkpoint()
     check_sizes = replace(sizes, B=1, T=min(check_length, lengths[0]))
     for impl, case in pairs:
         name = series_name(impl, case)
@@ -646,55 +700,6 @@ def _run(
             info["reason"] = skip or ""
         checkpoint()
 
-    for p in timed_peers:
-        bar.set_postfix_str(p.name)
-        results["series"][p.name] = {
-            "kind": "peer",
-            "mechanism": p.mechanism,
-            "backend": "peer",
-            "form": p.name,
-            "case": None,
-            "differentiable": p.differentiable,
-            "check": None,
-            "status": "timed",
-            "reason": "",
-        }
-        for m in modes:
-            if m == "fwdbwd" and not p.differentiable:
-                for T in lengths:
-                    results["timings"].append(
-                        _entry(p.name, m, replace(sizes, T=T), "skipped", reason="forward only")
-                    )
-                    tick()
-                continue
-
-            def build_peer(size: Sizes, m: str = m, p: peers_mod.Peer = p) -> tuple:
-                import torch
-
-                rand = TorchRand(seed, dtype=_torch_dtype(dtype), device=device)
-                with torch.no_grad():
-                    fn, args = p.build(size, rand, False)
-                if m == "fwdbwd":
-                    for t in args.values():
-                        if t.is_floating_point():
-                            t.requires_grad_(True)
-                return fn, args
-
-            results["timings"] += _time_lengths(
-                p.name,
-                m,
-                lengths,
-                sizes,
-                build_peer,
-                backend="torch",
-                device=device,
-                budget_ms=budget_ms,
-                min_run_time=min_run_time,
-                log=log,
-                tick=tick,
-                log_points=not progress,
-            )
-        checkpoint()
     bar.close()
 
     results["ratios"] = _ratios(results, timed_peers)
