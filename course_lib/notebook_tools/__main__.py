@@ -28,13 +28,35 @@ def stamp(path: str) -> bool:
     return True
 
 
-def execute(path: str, timeout: int, out_dir: str | None) -> tuple[float, str | None]:
-    """Run a notebook top to bottom in a fresh kernel; (seconds, first error or None)."""
+def cell_seconds(nb: nbformat.NotebookNode) -> list[tuple[int, float]]:
+    """(cell index, seconds) of every executed code cell, slowest first, from the timing
+    metadata nbclient records (``metadata.execution``)."""
+    from datetime import datetime
+
+    out = []
+    for i, cell in enumerate(nb.cells):
+        times = cell.get("metadata", {}).get("execution", {})
+        start, end = times.get("iopub.execute_input"), times.get("shell.execute_reply")
+        if cell.cell_type == "code" and start and end:
+            span = datetime.fromisoformat(end) - datetime.fromisoformat(start)
+            out.append((i, span.total_seconds()))
+    return sorted(out, key=lambda item: -item[1])
+
+
+def execute(
+    path: str, timeout: int, out_dir: str | None
+) -> tuple[float, str | None, list[tuple[int, float]]]:
+    """Run a notebook top to bottom in a fresh kernel.
+
+    Returns (seconds, first error or None, per-cell seconds slowest first). A failing
+    cell, a cell over ``timeout`` seconds and a kernel that dies are all reported as the
+    error, so a run over many notebooks goes on with the next one.
+    """
     import time
     from pathlib import Path
 
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
@@ -48,11 +70,15 @@ def execute(path: str, timeout: int, out_dir: str | None) -> tuple[float, str | 
         ).execute()
     except CellExecutionError as exc:
         error = str(exc).strip().splitlines()[-1]
+    except CellTimeoutError:
+        error = f"a cell ran longer than --timeout {timeout} s"
+    except DeadKernelError:
+        error = "the kernel died (killed from outside, or out of memory)"
     seconds = time.perf_counter() - start
     if out_dir:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(Path(out_dir) / Path(path).name))
-    return seconds, error
+    return seconds, error, cell_seconds(nb)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = 0
     for path in args.notebooks:
-        seconds, error = execute(path, args.timeout, args.out)
+        seconds, error, cells = execute(path, args.timeout, args.out)
         failed += error is not None
-        print(f"{path}: {seconds:.1f} s" + (f"  ERROR {error}" if error else "  ok"), flush=True)
+        slowest = ", ".join(f"cell {i} {s:.1f} s" for i, s in cells[:3])
+        status = f"  ERROR {error}" if error else "  ok"
+        print(f"{path}: {seconds:.1f} s{status}  (slowest: {slowest or 'none'})", flush=True)
     return 1 if failed else 0
 
 
