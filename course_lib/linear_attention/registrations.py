@@ -104,3 +104,15 @@ register(
         differentiable=True,
     )
 )
+# The one-kernel forward (state in registers, no per-chunk states in memory); the backward
+# recomputes the chunk states and reuses the chunkwise kernels.
+register(
+    Impl(
+        "linear_attention",
+        "triton",
+        "fused_chunk",
+        f"{_PKG}.triton_kernels:linear_attention_fused_chunk",
+        kwargs={"chunk_size": 64},
+        differentiable=True,
+    )
+)

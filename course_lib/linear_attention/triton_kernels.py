@@ -1,4 +1,4 @@
-"""Chunkwise linear attention in Triton: forward and backward kernels, and a decode step.
+"""Chunkwise linear attention in Triton: two forward forms, one backward, and a decode step.
 
 Glossary of dimension letters
 -----------------------------
@@ -39,6 +39,38 @@ The backward (with ``G = dO``) is the same two kernels with the roles swapped::
     dK_n  = V_n dh_n^T + scale * (V_n dO_n^T ⊙ M^T) Q_n  (output kernel, upper mask)
     dV_n  = K_n dh_n + scale * (K_n Q_n^T ⊙ M^T) dO_n    (output kernel, upper mask)
 
+What bounds it: the state kernel writes ``h``, ``N K V`` numbers per head. At C = 64,
+K = V = 128 that is ``2 K V / C = 512`` bytes a token and head (bf16), half of what q, k,
+v and o take together (``2 (2 K + 2 V) = 1024`` bytes). The output kernel then reads
+``h`` back, so the two-kernel forward moves about twice the bytes the result needs
+(2.1 GB of states written and read again at B=4, H=16, T=65536), plus a second launch.
+
+The fused forward (form ``fused_chunk``, :func:`fused_chunk_linear_attention`; the same
+walk as fla's ``fused_chunk``) does both in one kernel: one program per (V-block,
+batch*head) walks the chunks in order with the whole ``[K, BV]`` state block in fp32
+registers, and for every chunk::
+
+    O_n = scale * (Q_n S + (Q_n K_n^T ⊙ M) V_n)        with S = h_n, before the update
+    S  <- S + K_n^T V_n
+
+storing ``O_n`` and never the states; the final ``S`` is written once (fp32). Memory
+traffic is near the floor: read q, k, v, write o (q and k once per V-block; the V-blocks
+of a head have neighbouring program ids and run side by side, so the second read should
+mostly hit L2). What is left sequential is the chain of ``S`` updates: of the four small
+matmuls of a chunk (``Q_n S``, the scores ``Q_n K_n^T``, their product with ``V_n``,
+``K_n^T V_n``) two read or write ``S``, ``N`` times in a row. The loads of chunk
+``n + 1`` do not depend on ``S``, so Triton's software pipeliner (``num_stages``) fetches
+them while chunk ``n`` computes. The parallelism is
+``(V / BV) B H`` programs only, so the form is best when ``B H`` fills the GPU (128
+programs at B=4, H=16: about one per SM of an H200); with few heads and long sequences
+the chunkwise form spreads the output work over the chunks instead. In fp16/bf16, ``S``
+is cast to the input dtype for the tensor-core product ``Q_n S`` (fp32 accumulation), as
+the chunkwise form's stored ``h`` is; fp32 inputs keep an fp32 ``S``. ``K`` must fit one
+tile (``K <= 256``, ``FUSED_MAX_K``); wider keys fall back to the chunkwise kernels. The
+backward recomputes ``h`` with one (forward) pass of the state kernel, then runs the
+chunkwise backward above: recomputing costs a pass over k and v, and the forward never
+stores ``h`` for it.
+
 The normaliser (``normalize=True``) is linear attention with values ``1``: we append a
 column of ones to ``v`` and ``z`` as the last column of the state, run the same kernels on
 ``V + 1`` columns, and divide in torch. The kernels stay one code path, the backward of
@@ -75,12 +107,34 @@ EPS = 1e-10  # the normaliser's eps, as in numpy_ref
 #   block. BR = 128 covers V = 128 in one program, so q and k of a chunk are read once and
 #   the C x C score matrix is computed once; 8 warps hold the [C, 128] fp32 accumulator.
 # "decode": one token; a [BK, BV] tile of the state per step of its loop over K.
+# "fused": the one-kernel forward (form "fused_chunk"). The whole K dimension is one tile
+#   (BK = next power of two >= K), so the state block [BK, BV] stays in fp32 registers. BV
+#   = 64 at K = 128 gives (V/64) B H = 128 programs at B=4, H=16: one per SM of the H200's
+#   132, each holding a 128 x 64 fp32 state (64 registers a thread with 4 warps, one
+#   warpgroup, leaving room for the [64, 128] q and k tiles and the 64 x 64 score block).
+#   BV = 128 would read q and k once instead of twice but leave half the SMs idle; the two
+#   V-block programs of one head have neighbouring ids, so they run side by side and the
+#   second read of q, k mostly hits L2. "max_state" caps BK * BV (K = 256 -> BV = 32).
+#   The loads of chunk n + 1 do not depend on S, so the software pipeliner can issue them
+#   while chunk n computes: num_stages buffers of (q, k, v) chunks in shared memory, as
+#   many as fit in "stage_bytes" (bf16, K = 128, C = 64: 40 KB a stage -> 2 stages; fp32
+#   or K = 256 -> 1, so that no shape runs out of the 228 KB of shared memory), at most
+#   "num_stages". 8 warps when K > 128 spread the larger q, k tiles over more registers.
 CONFIG: dict[str, dict[str, int]] = {
     "state": {"BP": 64, "BR": 64, "num_warps": 4, "num_stages": 3},
     "output": {"BP": 64, "BR": 128, "num_warps": 8, "num_stages": 2},
     "decode": {"BK": 64, "BV": 64, "num_warps": 4},
+    "fused": {
+        "BV": 64,
+        "max_state": 128 * 64,
+        "num_warps": 4,
+        "num_warps_wide": 8,
+        "num_stages": 3,
+        "stage_bytes": 100_000,
+    },
 }
 CHUNK_SIZES = (16, 32, 64, 128)
+FUSED_MAX_K = 256  # beyond this the fused form falls back to the two-kernel path
 
 
 @triton.jit
@@ -206,6 +260,73 @@ def _chunk_output_kernel(
     out = s_inter * acc + s_intra * tl.dot(A.to(c.dtype), c)  # intra-chunk added
     out_base = out_ptr + (i_b * T * H + i_h) * R
     tl.store(out_base + cols, out.to(out_ptr.dtype.element_ty), mask=mask_cols)
+
+
+@triton.jit
+def _fused_chunk_fwd_kernel(
+    q_ptr,  # [B, T, H, K]
+    k_ptr,  # [B, T, H, K]
+    v_ptr,  # [B, T, H, V]
+    init_ptr,  # [B, H, K, V], any float dtype (read only if HAS_INIT)
+    o_ptr,  # [B, T, H, V]
+    final_ptr,  # [B, H, K, V] fp32 (written only if STORE_FINAL)
+    T,
+    H,
+    K,
+    V,
+    NT,
+    scale,
+    HAS_INIT: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """For n = 0 .. NT-1: O_n = scale (Q_n S + (Q_n K_n^T ⊙ M) V_n), then S <- S + K_n^T V_n.
+
+    One program per (V-block, batch*head); the whole K dimension is one tile (BK >= K), so
+    the state block S [BK, BV] lives in fp32 registers for the whole walk and is never
+    written to memory, except once at the end (the final state).
+    """
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1).to(tl.int64)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    offs_c = tl.arange(0, BT)  # position inside a chunk
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_k = offs_k < K
+    mask_v = offs_v < V
+    tile = offs_k[:, None] * V + offs_v[None, :]  # [BK, BV]
+    mask_tile = mask_k[:, None] & mask_v[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_INIT:
+        S += tl.load(init_ptr + i_bh * K * V + tile, mask=mask_tile, other=0.0).to(tl.float32)
+    causal = offs_c[:, None] >= offs_c[None, :]  # M[t, s] = [s <= t], [BT, BT]
+    # pointers to the first chunk; each step moves them BT tokens on (64-bit pointer adds)
+    p_q = q_ptr + (i_b * T * H + i_h) * K + offs_c[:, None] * (H * K) + offs_k[None, :]
+    p_k = k_ptr + (i_b * T * H + i_h) * K + offs_c[:, None] * (H * K) + offs_k[None, :]
+    p_v = v_ptr + (i_b * T * H + i_h) * V + offs_c[:, None] * (H * V) + offs_v[None, :]
+    p_o = o_ptr + (i_b * T * H + i_h) * V + offs_c[:, None] * (H * V) + offs_v[None, :]
+    for n in range(NT):
+        mask_t = n * BT + offs_c < T
+        mask_qk = mask_t[:, None] & mask_k[None, :]
+        mask_vo = mask_t[:, None] & mask_v[None, :]
+        # these loads do not depend on S: the pipeliner issues them num_stages - 1 chunks early
+        q = tl.load(p_q, mask=mask_qk, other=0.0)  # [BT, BK]
+        k = tl.load(p_k, mask=mask_qk, other=0.0)  # [BT, BK]
+        v = tl.load(p_v, mask=mask_vo, other=0.0)  # [BT, BV]
+        A = tl.where(causal, tl.dot(q, tl.trans(k)), 0.0)  # [BT, BT], fp32
+        o = tl.dot(q, S.to(q.dtype))  # inter-chunk, [BT, BV], fp32 accumulation
+        o = tl.dot(A.to(v.dtype), v, o)  # + intra-chunk
+        tl.store(p_o, (o * scale).to(o_ptr.dtype.element_ty), mask=mask_vo)
+        S += tl.dot(tl.trans(k), v)  # [BK, BV], after the output: S enters the next chunk
+        p_q += BT * H * K
+        p_k += BT * H * K
+        p_v += BT * H * V
+        p_o += BT * H * V
+    if STORE_FINAL:
+        tl.store(final_ptr + i_bh * K * V + tile, S, mask=mask_tile)
 
 
 @triton.jit
@@ -342,6 +463,53 @@ def _launch_output(
     return out
 
 
+def _launch_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    init: torch.Tensor | None,
+    o: torch.Tensor,
+    final: torch.Tensor | None,
+    scale: float,
+    chunk_size: int,
+) -> None:
+    """``o_t = scale * S_t^T q_t``, ``S_t = init + sum_{s <= t} k_s v_s^T``; ``final = S_T``.
+
+    ``q, k [B, T, H, K]`` with ``K <= FUSED_MAX_K``, ``v, o [B, T, H, V]``,
+    ``init``/``final [B, H, K, V]``. One kernel, no per-chunk states in memory.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    cfg = CONFIG["fused"]
+    BK = _block(K, FUSED_MAX_K)
+    BV = _block(V, min(cfg["BV"], max(16, cfg["max_state"] // BK)))
+    stage = chunk_size * (2 * BK + BV) * q.element_size()  # bytes of one (q, k, v) chunk
+    num_stages = max(1, min(cfg["num_stages"], cfg["stage_bytes"] // stage))
+    num_warps = cfg["num_warps"] if BK <= 128 else cfg["num_warps_wide"]
+    grid = (triton.cdiv(V, BV), B * H)
+    _fused_chunk_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        init if init is not None else o,
+        o,
+        final if final is not None else o,
+        T,
+        H,
+        K,
+        V,
+        triton.cdiv(T, chunk_size),
+        float(scale),
+        HAS_INIT=init is not None,
+        STORE_FINAL=final is not None,
+        BT=chunk_size,
+        BK=BK,
+        BV=BV,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+
+
 class _ChunkLinearAttention(torch.autograd.Function):
     """Autograd wrapper of the chunkwise kernels (inputs already contiguous)."""
 
@@ -379,27 +547,90 @@ class _ChunkLinearAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, do: torch.Tensor, dfinal: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, h = ctx.saved_tensors
-        scale, C = ctx.scale, ctx.chunk_size
+        grads = _chunk_backward(q, k, v, h, do, dfinal, ctx.scale, ctx.chunk_size, ctx.init_dtype)
+        return (*grads, None, None, None, None)
+
+
+def _chunk_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    h: torch.Tensor,
+    do: torch.Tensor,
+    dfinal: torch.Tensor | None,
+    scale: float,
+    C: int,
+    init_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(dq, dk, dv, dS0)`` from the states entering every chunk, ``h [B, H, N, K, V]``.
+
+    ``dS0`` (in ``init_dtype``) only when there was an initial state (``init_dtype`` set).
+    """
+    dev = q.device
+    do = do.to(q.dtype).contiguous()  # [B, T, H, V]
+    if dfinal is not None:
+        dfinal = dfinal.contiguous()
+    dh = runtime.new_empty(h.shape, dtype=q.dtype, device=dev)  # [B, H, N, K, V]
+    dS0 = (
+        runtime.new_empty(h.shape[:2] + h.shape[3:], dtype=torch.float32, device=dev)
+        if init_dtype is not None
+        else None
+    )
+    _launch_states(q, do, dfinal, dh, dS0, scale, True, C)
+    dq = runtime.new_empty(q.shape, dtype=q.dtype, device=dev)
+    dk = runtime.new_empty(k.shape, dtype=k.dtype, device=dev)
+    dv = runtime.new_empty(v.shape, dtype=v.dtype, device=dev)
+    _launch_output(do, v, k, h, True, dq, scale, scale, False, C)
+    _launch_output(v, do, q, dh, True, dk, 1.0, scale, True, C)
+    _launch_output(k, q, do, dh, False, dv, 1.0, scale, True, C)
+    if dS0 is not None:
+        dS0 = dS0.to(init_dtype)
+    return dq, dk, dv, dS0
+
+
+class _FusedChunkLinearAttention(torch.autograd.Function):
+    """The one-kernel forward; the backward recomputes the chunk states, then reuses the
+    chunkwise backward (inputs already contiguous, ``K <= FUSED_MAX_K``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        initial_state: torch.Tensor | None,
+        scale: float,
+        output_final_state: bool,
+        chunk_size: int,
+        o_dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, H, K = q.shape
+        V = v.shape[-1]
         dev = q.device
-        do = do.to(q.dtype).contiguous()  # [B, T, H, V]
-        if dfinal is not None:
-            dfinal = dfinal.contiguous()
-        dh = runtime.new_empty(h.shape, dtype=q.dtype, device=dev)  # [B, H, N, K, V]
-        dS0 = (
-            runtime.new_empty(h.shape[:2] + h.shape[3:], dtype=torch.float32, device=dev)
-            if ctx.init_dtype is not None
+        o = runtime.new_empty((B, T, H, V), dtype=o_dtype, device=dev)
+        final = (
+            runtime.new_empty((B, H, K, V), dtype=torch.float32, device=dev)
+            if output_final_state
             else None
         )
-        _launch_states(q, do, dfinal, dh, dS0, scale, True, C)
-        dq = runtime.new_empty(q.shape, dtype=q.dtype, device=dev)
-        dk = runtime.new_empty(k.shape, dtype=k.dtype, device=dev)
-        dv = runtime.new_empty(v.shape, dtype=v.dtype, device=dev)
-        _launch_output(do, v, k, h, True, dq, scale, scale, False, C)
-        _launch_output(v, do, q, dh, True, dk, 1.0, scale, True, C)
-        _launch_output(k, q, do, dh, False, dv, 1.0, scale, True, C)
-        if dS0 is not None:
-            dS0 = dS0.to(ctx.init_dtype)
-        return dq, dk, dv, dS0, None, None, None, None
+        _launch_fused(q, k, v, initial_state, o, final, scale, chunk_size)
+        ctx.save_for_backward(q, k, v, initial_state)
+        ctx.scale = scale
+        ctx.chunk_size = chunk_size
+        return o, final
+
+    @staticmethod
+    def backward(ctx: Any, do: torch.Tensor, dfinal: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+        q, k, v, init = ctx.saved_tensors
+        B, T, H, K = q.shape
+        C = ctx.chunk_size
+        h = runtime.new_empty(
+            (B, H, triton.cdiv(T, C), K, v.shape[-1]), dtype=q.dtype, device=q.device
+        )  # [B, H, N, K, V], the states entering every chunk, as the chunkwise forward has
+        _launch_states(k, v, init, h, None, 1.0, False, C)
+        init_dtype = init.dtype if init is not None else None
+        grads = _chunk_backward(q, k, v, h, do, dfinal, ctx.scale, C, init_dtype)
+        return (*grads, None, None, None, None)
 
 
 def _check_tensors(**tensors: Any) -> None:
@@ -424,6 +655,43 @@ def _state_on(x: Any, like: torch.Tensor) -> torch.Tensor | None:
     if x is None:
         return None
     return x.to(like.device) if torch.is_tensor(x) else torch.as_tensor(x, device=like.device)
+
+
+def _run_form(
+    fused: bool,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None,
+    normalize: bool,
+    initial_state: Any,
+    output_final_state: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, Any]:
+    """Checks, then the chunkwise (``fused=False``) or fused forward, normaliser included."""
+    dims = validation.check_qkv(q, k, v)
+    scale = validation.check_common(scale, None, normalize, output_final_state, dims["K"])
+    chunk_size = checks.check_positive_int("chunk_size", chunk_size)
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"chunk_size must be one of {CHUNK_SIZES} for Triton, got {chunk_size}")
+    S0, z0 = validation.split_state(initial_state, normalize, dims)
+    _check_tensors(q=q, k=k, v=v)
+    S0, z0 = _state_on(S0, q), _state_on(z0, q)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    use_fused = fused and dims["K"] <= FUSED_MAX_K
+    function = _FusedChunkLinearAttention if use_fused else _ChunkLinearAttention
+    if not normalize:
+        S0 = S0.contiguous() if S0 is not None else None
+        o, final = function.apply(q, k, v, S0, scale, output_final_state, chunk_size, q.dtype)
+        return o, final
+    V = dims["V"]
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [B, T, H, V + 1]
+    S1 = None if S0 is None else torch.cat([S0, z0[..., None].to(S0.dtype)], -1)  # [.., V+1]
+    o1, final = function.apply(
+        q, k, v1, S1, scale, output_final_state, chunk_size, torch.float32
+    )  # o1 [B, T, H, V + 1] fp32: numerator and denominator
+    o = (o1[..., :V] / (o1[..., V:] + EPS)).to(q.dtype)
+    return o, (None if final is None else (final[..., :V], final[..., V]))
 
 
 def chunk_linear_attention(
@@ -454,29 +722,50 @@ def chunk_linear_attention(
         ``(o [B, T, H, V] in q's dtype, final_state)``, ``final_state`` = ``S_T`` or
         ``(S_T, z_T)`` in fp32, or None. Gradients flow to q, k, v and the initial state.
     """
+    return _run_form(
+        False, q, k, v, scale, normalize, initial_state, output_final_state, chunk_size
+    )
+
+
+def fused_chunk_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    normalize: bool = False,
+    initial_state: Any = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, Any]:
+    """:func:`chunk_linear_attention` with the one-kernel forward (differentiable).
+
+    Same arguments, returns and equations. The forward keeps the state in registers while
+    it walks the chunks and never writes the per-chunk states; the backward recomputes them
+    (one pass of the state kernel) and then runs the chunkwise backward. For
+    ``K > FUSED_MAX_K`` (256) the state tile would not fit in registers and the chunkwise
+    kernels run instead.
+    """
+    return _run_form(True, q, k, v, scale, normalize, initial_state, output_final_state, chunk_size)
+
+
+def _with_feature_map(
+    fn: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None,
+    feature_map: Any,
+    normalize: bool,
+    initial_state: Any,
+    output_final_state: bool,
+    chunk_size: int,
+) -> tuple[torch.Tensor, Any]:
+    """Apply ``phi`` in torch (input dtype), resolve the scale from the raw ``K``, call ``fn``."""
     dims = validation.check_qkv(q, k, v)
-    scale = validation.check_common(scale, None, normalize, output_final_state, dims["K"])
-    chunk_size = checks.check_positive_int("chunk_size", chunk_size)
-    if chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"chunk_size must be one of {CHUNK_SIZES} for Triton, got {chunk_size}")
-    S0, z0 = validation.split_state(initial_state, normalize, dims)
-    _check_tensors(q=q, k=k, v=v)
-    S0, z0 = _state_on(S0, q), _state_on(z0, q)
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if not normalize:
-        S0 = S0.contiguous() if S0 is not None else None
-        o, final = _ChunkLinearAttention.apply(
-            q, k, v, S0, scale, output_final_state, chunk_size, q.dtype
-        )
-        return o, final
-    V = dims["V"]
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [B, T, H, V + 1]
-    S1 = None if S0 is None else torch.cat([S0, z0[..., None].to(S0.dtype)], -1)  # [.., V+1]
-    o1, final = _ChunkLinearAttention.apply(
-        q, k, v1, S1, scale, output_final_state, chunk_size, torch.float32
-    )  # o1 [B, T, H, V + 1] fp32: numerator and denominator
-    o = (o1[..., :V] / (o1[..., V:] + EPS)).to(q.dtype)
-    return o, (None if final is None else (final[..., :V], final[..., V]))
+    scale = validation.check_common(scale, feature_map, normalize, output_final_state, dims["K"])
+    checks.check_positive_int("chunk_size", chunk_size)
+    fq, fk = apply_feature_map(q, feature_map), apply_feature_map(k, feature_map)
+    return fn(fq, fk, v, scale, normalize, initial_state, output_final_state, chunk_size)
 
 
 def linear_attention_chunkwise(
@@ -496,12 +785,46 @@ def linear_attention_chunkwise(
     ``K``, then calls the kernels. Same arguments and returns as
     :func:`course_lib.linear_attention.torch_impl.linear_attention_chunkwise`.
     """
-    dims = validation.check_qkv(q, k, v)
-    scale = validation.check_common(scale, feature_map, normalize, output_final_state, dims["K"])
-    checks.check_positive_int("chunk_size", chunk_size)
-    fq, fk = apply_feature_map(q, feature_map), apply_feature_map(k, feature_map)
-    return chunk_linear_attention(
-        fq, fk, v, scale, normalize, initial_state, output_final_state, chunk_size
+    return _with_feature_map(
+        chunk_linear_attention,
+        q,
+        k,
+        v,
+        scale,
+        feature_map,
+        normalize,
+        initial_state,
+        output_final_state,
+        chunk_size,
+    )
+
+
+def linear_attention_fused_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    feature_map: Any = None,
+    normalize: bool = False,
+    initial_state: Any = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, Any]:
+    """The torch/numpy signature on top of :func:`fused_chunk_linear_attention`.
+
+    Same arguments and returns as :func:`linear_attention_chunkwise`.
+    """
+    return _with_feature_map(
+        fused_chunk_linear_attention,
+        q,
+        k,
+        v,
+        scale,
+        feature_map,
+        normalize,
+        initial_state,
+        output_final_state,
+        chunk_size,
     )
 
 

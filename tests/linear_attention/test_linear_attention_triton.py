@@ -1,8 +1,11 @@
-"""The chunkwise Triton kernels (CPU interpreter here, compiled on a GPU) against float64.
+"""The Triton forms (CPU interpreter here, compiled on a GPU) against float64.
 
-Outputs, final states and gradients (dq, dk, dv, d initial_state) at awkward sizes: T = 1
-and T around a chunk boundary, head dims 16 and 60 (not a power of two), with and without
-the normaliser and the initial state. Outputs are poisoned with NaN before the kernels run.
+Two forms: ``chunkwise`` (state kernel writing every chunk's state, then the parallel
+output kernel) and ``fused_chunk`` (one forward kernel keeping the state in registers; its
+backward recomputes the states and reuses the chunkwise kernels). Outputs, final states
+and gradients (dq, dk, dv, d initial_state) at awkward sizes: T = 1 and T around a chunk
+boundary, head dims 16, 60 and 100 (not powers of two), with and without the normaliser
+and the initial state. Outputs are poisoned with NaN before the kernels run.
 """
 
 from __future__ import annotations
@@ -85,17 +88,53 @@ def _run(fn, x, normalize, with_init, dtype, **kwargs):
     return outs, [t[n].grad for n in names]
 
 
-@pytest.mark.parametrize(
-    "case", CASES, ids=lambda c: "B{}-T{}-H{}-K{}-V{}-norm{}-init{}-C{}".format(*c)
-)
+def _case_id(c) -> str:
+    return "B{}-T{}-H{}-K{}-V{}-norm{}-init{}-C{}".format(*c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_chunk_kernels_against_float64(case) -> None:
+    _check_against_float64(_tk().chunk_linear_attention, case)
+
+
+# The fused forward: one program per (V-block, batch*head) with the whole K in one tile, so
+# K = 60 and 100 (tiles 64 and 128, masked) and K = 130 (tile 256); V = 100 and V + 1 = 131
+# with the normaliser span two V-blocks of 64; T = 1, 63, 65 end in a partial chunk.
+FUSED_CASES = [
+    (1, 1, 1, 16, 16, False, True, 64),
+    (1, 63, 2, 16, 12, False, False, 64),
+    (1, 65, 1, 60, 100, False, True, 64),
+    (2, 65, 1, 16, 7, True, True, 32),
+    (1, 63, 1, 100, 60, True, False, 16),
+    (1, 1, 1, 60, 3, True, True, 64),
+    (1, 40, 1, 130, 100, True, True, 32),
+]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=_case_id)
+def test_fused_chunk_against_float64(case) -> None:
+    _check_against_float64(_tk().fused_chunk_linear_attention, case)
+
+
+def test_fused_chunk_wide_keys_fall_back() -> None:
+    """K > FUSED_MAX_K: the state would not fit in registers; the chunkwise path runs."""
+    K = _tk().FUSED_MAX_K + 4
+    _check_against_float64(_tk().fused_chunk_linear_attention, (1, 17, 1, K, 8, False, True, 16))
+
+
+def _check_against_float64(fn, case, dtype=torch.float32) -> None:
+    """``fn``'s outputs, final state and gradients against float64, at ``dtype``'s tolerance.
+
+    Inputs are drawn in float64 and rounded to ``dtype``; the reference sees the rounded
+    values, so the error measured is the kernels' own.
+    """
     B, T, H, K, V, normalize, with_init, C = case
     x = _draw(0, B, T, H, K, V, normalize)
+    x = {n: torch.tensor(a).to(dtype).double().numpy() for n, a in x.items()}
     with runtime.poison_outputs():
-        outs, grads = _run(
-            _tk().chunk_linear_attention, x, normalize, with_init, torch.float32, chunk_size=C
-        )
-    for y in outs:
+        outs, grads = _run(fn, x, normalize, with_init, dtype, chunk_size=C)
+    assert outs[0].dtype == dtype
+    for y in outs[1:]:
         assert y.dtype == torch.float32
     state = None
     if with_init:
@@ -116,7 +155,7 @@ def test_chunk_kernels_against_float64(case) -> None:
             x["q"], x["k"], x["v"], x["do"], initial_state=state, d_final_state=x["dS"]
         )
         ref_grads = [dq, dk, dv] + [dS0] * with_init
-    tol = TOLERANCE["float32"]
+    tol = TOLERANCE[str(dtype).replace("torch.", "")]
     names = ["o", "S_T", "z_T", "dq", "dk", "dv", "dS0", "dz0"]
     got, want = outs + grads, flatten(ref) + ref_grads
     labels = names[: len(outs)] + names[3 : 3 + len(grads)]
@@ -126,12 +165,13 @@ def test_chunk_kernels_against_float64(case) -> None:
         assert err <= tol, f"{label}: relative error {err:.2e} > {tol}"
 
 
-def test_registered_wrapper_applies_the_feature_map() -> None:
+@pytest.mark.parametrize("form", ["chunkwise", "fused_chunk"])
+def test_registered_wrapper_applies_the_feature_map(form) -> None:
     x = _draw(1, 1, 20, 2, 16, 8, False)
     q, k, v = (torch.tensor(x[n], dtype=torch.float32) for n in ("q", "k", "v"))
     S0, z0 = torch.tensor(x["S0"]), torch.tensor(x["z0"])
     with runtime.poison_outputs():
-        o, (S, z) = _tk().linear_attention_chunkwise(
+        o, (S, z) = getattr(_tk(), f"linear_attention_{form}")(
             q,
             k,
             v,
@@ -154,7 +194,8 @@ def test_registered_wrapper_applies_the_feature_map() -> None:
         assert rel_error(g, r) <= TOLERANCE["float32"]
 
 
-def test_non_contiguous_inputs() -> None:
+@pytest.mark.parametrize("fn", ["chunk_linear_attention", "fused_chunk_linear_attention"])
+def test_non_contiguous_inputs(fn) -> None:
     """Views with other strides (here [B, H, T, K] transposed) are made contiguous first."""
     x = _draw(2, 1, 33, 2, 16, 16, False)
     q, k, v = (
@@ -163,7 +204,7 @@ def test_non_contiguous_inputs() -> None:
     )
     assert not q.is_contiguous()
     with runtime.poison_outputs():
-        o, _ = _tk().chunk_linear_attention(q, k, v, chunk_size=16)
+        o, _ = getattr(_tk(), fn)(q, k, v, chunk_size=16)
     ref, _ = numpy_ref.linear_attention_recurrent(x["q"], x["k"], x["v"])
     assert rel_error(o, ref) <= TOLERANCE["float32"]
 
@@ -186,6 +227,26 @@ def test_decode_step_kernel(B, H, K, V, with_state) -> None:
     assert o.shape == (B, H, V) and S_new.dtype == torch.float32
     assert rel_error(o, ref_o) <= TOLERANCE["float32"]
     assert rel_error(S_new, ref_S) <= TOLERANCE["float32"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(1, 65, 2, 60, 100, False, True, 32), (1, 63, 1, 16, 20, True, True, 16)],
+    ids=_case_id,
+)
+def test_fused_chunk_fp16(case) -> None:
+    """fp16 inputs: the state is cast to fp16 for the tensor-core product q S, as usual."""
+    _check_against_float64(_tk().fused_chunk_linear_attention, case, torch.float16)
+
+
+def test_fused_chunk_matches_chunkwise() -> None:
+    """Same inputs, both forms: the outputs, final states and gradients agree."""
+    x = _draw(6, 2, 70, 2, 24, 40, False)
+    with runtime.poison_outputs():
+        fused = _run(_tk().fused_chunk_linear_attention, x, False, True, torch.float32)
+        chunk = _run(_tk().chunk_linear_attention, x, False, True, torch.float32)
+    for g, r in zip(fused[0] + fused[1], chunk[0] + chunk[1], strict=True):
+        assert rel_error(g, r) <= TOLERANCE["float32"]
 
 
 # ---------------------------------------------------------------- compiled, on a GPU
@@ -220,3 +281,98 @@ def test_long_sequences_on_gpu(T) -> None:
     ref_outs, ref_grads = _run(torch_impl.linear_attention_chunkwise, x, False, True, torch.float64)
     for g, r in zip(outs + grads, ref_outs + ref_grads, strict=True):
         assert rel_error(g, r) <= TOLERANCE["bfloat16"]
+
+
+FORMS = ["chunk_linear_attention", "fused_chunk_linear_attention"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fn", FORMS)
+@pytest.mark.parametrize(("K", "V"), [(128, 128), (60, 100), (256, 64), (64, 256)])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_head_dims_on_gpu(fn, K, V, dtype) -> None:
+    """Every configuration branch of the fused launch (stages, warps, BV) compiles and is
+    right: K = 256 (8 warps, BV = 32), fp32 (one pipeline stage), odd K and V."""
+    if dtype == "bfloat16" and not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
+    B, T, H = 2, 777, 2
+    x = _draw(7, B, T, H, K, V, False)
+    x = {n: a * (0.5 if n in ("q", "k") else 1.0) for n, a in x.items()}
+    with runtime.poison_outputs():
+        outs, grads = _run(getattr(_tk(), fn), x, False, True, getattr(torch, dtype))
+    ref_outs, ref_grads = _run(torch_impl.linear_attention_chunkwise, x, False, True, torch.float64)
+    for g, r in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_error(g, r) <= TOLERANCE[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("C", [16, 32, 64, 128])
+@pytest.mark.parametrize(("K", "V", "dtype"), [(128, 128, "bfloat16"), (256, 64, "float32")])
+def test_fused_chunk_sizes_on_gpu(C, K, V, dtype) -> None:
+    """Every chunk size compiles (shared memory and registers grow with C and K) and is
+    right, up to the largest tiles: C = 128, K = 256 in fp32."""
+    if dtype == "bfloat16" and not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
+    x = _draw(10, 1, 1000, 2, K, V, True)
+    with runtime.poison_outputs():
+        outs, grads = _run(
+            _tk().fused_chunk_linear_attention, x, True, True, getattr(torch, dtype), chunk_size=C
+        )
+    ref_outs, ref_grads = _run(torch_impl.linear_attention_chunkwise, x, True, True, torch.float64)
+    for g, r in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_error(g, r) <= TOLERANCE[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("T", [1, 4096 + 17, 65536])
+def test_fused_chunk_long_sequences_on_gpu(T, normalize, dtype) -> None:
+    """The fused form against float64 up to T = 65536 (1024 chunks walked by one program)."""
+    if dtype == "bfloat16" and not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
+    B, H, K, V = 1, 2, 128, 128
+    x = _draw(8, B, T, H, K, V, normalize)
+    x = {n: a * (0.5 if n in ("q", "k") and not normalize else 1.0) for n, a in x.items()}
+    with runtime.poison_outputs():
+        outs, grads = _run(
+            _tk().fused_chunk_linear_attention, x, normalize, True, getattr(torch, dtype)
+        )
+    assert outs[0].dtype == getattr(torch, dtype)
+    ref_outs, ref_grads = _run(
+        torch_impl.linear_attention_chunkwise, x, normalize, True, torch.float64
+    )
+    for g, r in zip(outs + grads, ref_outs + ref_grads, strict=True):
+        assert rel_error(g, r) <= TOLERANCE[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [4096, 65536])
+def test_fused_chunk_matches_chunkwise_at_benchmark_size(T) -> None:
+    """The benchmark's shape (bf16, B=4, H=16, K=V=128): both forms agree, forward and
+    backward (drawn on the GPU: the float64 reference would need 17 GB of inputs)."""
+    if not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
+    B, H, K, V = 4, 16, 128, 128
+    g = torch.Generator(device=DEVICE).manual_seed(9)
+
+    def draw(*shape, s=1.0):
+        return torch.randn(shape, generator=g, device=DEVICE, dtype=torch.float32) * s
+
+    q, k = draw(B, T, H, K, s=K**-0.5), draw(B, T, H, K, s=K**-0.5)
+    v, S0, do = draw(B, T, H, V), draw(B, H, K, V), draw(B, T, H, V)
+    results = []
+    for fn in FORMS:
+        leaves = [a.to(torch.bfloat16).requires_grad_() for a in (q, k, v)] + [
+            S0.clone().requires_grad_()
+        ]
+        with runtime.poison_outputs():
+            o, S = getattr(_tk(), fn)(*leaves[:3], initial_state=leaves[3], output_final_state=True)
+        ((o.float() * do).sum() + S.sum()).backward()
+        results.append([o, S] + [a.grad for a in leaves])
+    for a, b in zip(*results, strict=True):
+        assert torch.isfinite(a).all()
+        # rel_error's definition, computed on the GPU (gigabytes of float64 on the host else)
+        a, b = a.detach().double(), b.detach().double()
+        err = (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
+        assert err <= TOLERANCE["bfloat16"]
