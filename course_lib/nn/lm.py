@@ -147,7 +147,8 @@ class TinyLM(nn.Module):
             Mamba's language models do).
         norm: ``"rms"`` (RMSNorm) or ``"layer"`` (LayerNorm).
         tie_weights: the output head reuses the embedding matrix.
-        mixer_kwargs: extra constructor arguments per mixer name, e.g.
+        mixer_kwargs: extra constructor arguments per mixer name (a ``backend`` here
+            overrides ``backend`` for that mixer), e.g.
             ``{"linear_attention": {"feature_map": "relu"}, "mamba": {"d_state": 8}}``.
         max_seq_len: if given, learned absolute position embeddings for positions
             ``0 .. max_seq_len - 1`` are added to the token embeddings (as GPT-2 does); mixers
@@ -193,7 +194,9 @@ class TinyLM(nn.Module):
             nn.init.normal_(self.pos_embedding.weight, std=0.02)
         self.layers = nn.ModuleList(
             Block(
-                make_mixer(name, d_model, num_heads, backend, **mixer_kwargs.get(name, {})),
+                make_mixer(
+                    name, d_model, num_heads, **{"backend": backend, **mixer_kwargs.get(name, {})}
+                ),
                 d_model,
                 mlp_ratio,
                 norm,

@@ -30,19 +30,45 @@ Only attention's entry grows with ``T``; that is the trade the chapter measures 
 al. 2023 plot the same axes). The sizes are read off the models' own decode caches, so
 they follow whatever options a mixer is built with.
 
-Command line (``--config cpu`` is small enough for a laptop; ``gpu`` is the recorded H200
-grid: every mixer at three widths and three pair counts)::
+Every mixer gets the same training budget in steps (``GridConfig.steps``), and a run stops
+early only when it reaches the recall target; a wall-clock cap (``max_seconds_per_run``) is
+at most a safety net, and a run it cuts says so (``stopped_by_time``).
+
+Command line (``--config cpu`` is small enough for a laptop)::
 
     python -m course_lib.tasks.experiment --config cpu --out benchmarks/results/mqar_cpu
-    python -m course_lib.tasks.experiment --config gpu --out benchmarks/results/mqar_h200
 
 writes ``results.json``, ``recall_vs_pairs.png`` and ``recall_vs_state.png`` to ``--out``.
+``results.json`` is rewritten (atomically) after every finished run; ``"complete"`` says
+whether the whole grid is in it, so a command killed midway leaves every finished run on
+disk. ``--resume`` keeps the runs already in ``results.json`` (when it was made with the same
+config; another config is an error naming the options that differ) and trains only the
+missing ones; without it the grid starts afresh and the file is replaced. ``--mixers`` (labels
+such as ``gla`` or ``mamba+attention``) and ``--widths`` run part of the grid; the plots are
+drawn from whatever the file holds.
+
+``gpu`` is the recorded H200 grid (6 mixers x 3 widths x 3 pair counts, T = 256), run one
+mixer per command so that each command fits in 10 minutes, all into the same folder::
+
+    OUT=benchmarks/results/mqar_h200
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers attention
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers linear_attention
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers gla
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers h3
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers mamba
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers mamba+attention
+
+If a command is killed (a time limit), run the same command again: it trains only the runs
+of its mixer that are not in the file yet. A slice can also be split further, e.g.
+``--mixers h3 --widths 32 64`` then ``--mixers h3 --widths 128``. The last command prints
+``grid complete``; ``--resume`` with no ``--mixers`` finishes whatever is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -54,6 +80,7 @@ import torch
 
 from course_lib.checks import check_choice, check_positive_int
 from course_lib.nn import MIXERS, TinyLM
+from course_lib.nn._common import check_backend
 from course_lib.nn.cache import KVCache
 from course_lib.tasks.mqar import MQARConfig
 from course_lib.tasks.train import train_mqar
@@ -137,7 +164,13 @@ def state_numbers(
 
 @dataclass
 class GridConfig:
-    """Everything a grid run needs besides the device; the two presets are :data:`CONFIGS`."""
+    """Everything a grid run needs besides the device; the two presets are :data:`CONFIGS`.
+
+    ``cuda_backends`` maps a mixer name to the backend its blocks use when the grid trains
+    on CUDA (``{"gla": "triton"}``: the registered Triton kernel); on any other device, and
+    for mixers not listed, the blocks run their torch forms. ``max_seconds_per_run`` caps a
+    run's wall-clock time (``None``: no cap); a run it cuts is marked ``stopped_by_time``.
+    """
 
     mixers: list[MixerSpec]
     widths: list[int]
@@ -155,6 +188,7 @@ class GridConfig:
     mlp_ratio: int = 0
     head_dim: dict[str, int] = field(default_factory=lambda: {"h3": 8})
     mixer_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cuda_backends: dict[str, str] = field(default_factory=dict)
     max_seconds_per_run: float | None = None
     learned_positions: bool = False
     seed: int = 0
@@ -182,8 +216,25 @@ CONFIGS: dict[str, GridConfig] = {
         eval_every=25,
         num_eval=128,
     ),
-    # The recorded H200 grid: 6 mixers x 3 widths x 3 pair counts at T = 256, each run
-    # capped at 7 s so that the 54 runs finish in under 8 minutes.
+    # The recorded H200 grid: 6 mixers x 3 widths x 3 pair counts at T = 256, the same budget
+    # of 1500 steps of 256 examples for every mixer (a run stops early only at 0.99 recall).
+    # On CUDA linear attention, GLA and Mamba run their Triton kernels; H3 (FFT) and attention
+    # stay torch. One mixer's slice (9 runs) is meant to fit in one 10-minute command:
+    # * measured, first H200 run (GPU shared with other jobs, torch forms, B = 256): 14-22 ms
+    #   per attention step, about the host's time to draw a batch (17 ms here), which
+    #   train_mqar now draws while the device runs the previous step;
+    # * measured, this 2-core CPU (torch forms, B = 32, ms per step at D = 32/64/128, loaded
+    #   machine): attention 390-1180, linear attention 51/89/239, H3 279/794/1993, GLA
+    #   1400/5500/6000, Mamba ~10000 (D = 32, 64): the last two are the pure-PyTorch chunked
+    #   forms the Triton kernels replace (H200 benchmark: the Triton scan reads 4 x 2048 x 4096
+    #   channel-steps forward in 1.9 ms; one layer here has at most 256 x 256 x 256);
+    # * assumed: on an unshared H200 no mixer's step exceeds ~35 ms at these sizes (H3 at
+    #   D = 128 moves ~40 GB per step through its FFTs: ~15 ms at half the H200's 4.8 TB/s).
+    # So a run that never reaches the target takes <= 1500 x 35 ms + 15 evaluations ~ 55 s,
+    # and a slice <= 9 x 55 s plus start-up and Triton compilation, under 10 minutes (the
+    # smaller widths are cheaper; attention stops early). max_seconds_per_run is only a
+    # safety net: 240 s lets one run always finish inside a 10-minute command, so --resume
+    # always makes progress on a slower machine; a run it cuts says stopped_by_time.
     "gpu": GridConfig(
         mixers=["attention", "linear_attention", "gla", "h3", "mamba", ["mamba", "attention"]],
         widths=[32, 64, 128],
@@ -195,32 +246,49 @@ CONFIGS: dict[str, GridConfig] = {
         lr=3e-3,
         eval_every=100,
         num_eval=512,
-        max_seconds_per_run=7.0,
+        cuda_backends={"linear_attention": "triton", "gla": "triton", "mamba": "triton"},
+        max_seconds_per_run=240.0,
         learned_positions=True,
     ),
 }
 
 
-def build_model(config: GridConfig, mixer: MixerSpec, width: int) -> TinyLM:
-    """A TinyLM of ``config.n_layers`` layers of ``mixer`` at width ``width``.
+def _on_cuda(device: Any) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def build_model(config: GridConfig, mixer: MixerSpec, width: int, device: Any = "cpu") -> TinyLM:
+    """A TinyLM of ``config.n_layers`` layers of ``mixer`` at width ``width``, on ``device``.
 
     With ``config.learned_positions`` the model adds learned absolute position embeddings
     (GPT-2 style, ``max_seq_len = seq_len``) and attention drops its rotary embeddings: in
-    our runs attention then learned MQAR's lookup several times sooner.
+    our runs attention then learned MQAR's lookup several times sooner. On CUDA the blocks
+    of the mixers in ``config.cuda_backends`` switch to that backend (their ``backend``
+    attribute picks the sequence function at every call); elsewhere they stay torch.
     """
     kwargs = {name: dict(kw) for name, kw in config.mixer_kwargs.items()}
     if config.learned_positions:
         kwargs.setdefault("attention", {}).setdefault("rotary", False)
-    return TinyLM(
+    layers = _layers(mixer, config.n_layers)
+    if _on_cuda(device):  # a per-mixer backend overrides TinyLM's shared one
+        for name, backend in config.cuda_backends.items():
+            kwargs.setdefault(name, {})["backend"] = check_backend(backend)
+    model = TinyLM(
         config.vocab_size,
         d_model=width,
         n_layers=config.n_layers,
-        mixer=_layers(mixer, config.n_layers),
+        mixer=layers,
         num_heads=config.num_heads(mixer, width),
         mlp_ratio=config.mlp_ratio,
         mixer_kwargs=kwargs or None,
         max_seq_len=config.seq_len if config.learned_positions else None,
     )
+    return model.to(device)
+
+
+def block_backends(model: TinyLM) -> list[str]:
+    """The backend each layer's mixer runs (``"torch"`` or ``"triton"``)."""
+    return [layer.mixer.backend for layer in model.layers]
 
 
 def _environment(device: Any) -> dict[str, Any]:
@@ -236,6 +304,105 @@ def _environment(device: Any) -> dict[str, Any]:
     else:
         env["cpu"] = platform.processor() or platform.machine()
     return env
+
+
+def _json_roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj))
+
+
+def _run_key(mixer: str, width: int, num_pairs: int) -> tuple[str, int, int]:
+    return (mixer, int(width), int(num_pairs))
+
+
+def _config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"name (file: a, now: b)"`` for every config field that differs."""
+    names = list(wanted) + [k for k in stored if k not in wanted]
+    return [
+        f"{k} (file: {stored.get(k, '<missing>')!r}, now: {wanted.get(k, '<missing>')!r})"
+        for k in names
+        if stored.get(k, "<missing>") != wanted.get(k, "<missing>")
+    ]
+
+
+def _kept_runs(path: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs stored at ``path`` for a resumed grid; an error if the config differs."""
+    stored = load_results(path)
+    if stored is None:
+        return []
+    differences = _config_differences(stored.get("config", {}), config)
+    if differences:
+        raise ValueError(
+            f"resume: {path} holds a grid made with another config; it differs in "
+            + "; ".join(differences)
+            + ". Run with the options that made it, or without resume (or with another "
+            "out folder) to start afresh."
+        )
+    return list(stored.get("runs", []))
+
+
+def write_results(results: dict[str, Any], path: str | Path) -> Path:
+    """Write ``results`` as JSON to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _check_subset(name: str, chosen: Sequence[Any] | None, allowed: list[Any]) -> set[Any]:
+    """The values of ``chosen`` (default: all of ``allowed``); each must be in ``allowed``."""
+    if chosen is None:
+        return set(allowed)
+    if isinstance(chosen, (str, int)):
+        chosen = [chosen]
+    chosen = list(chosen)
+    if not chosen:
+        raise ValueError(f"{name} must name at least one of {allowed}, got none")
+    for c in chosen:
+        if c not in allowed:
+            raise ValueError(f"{name}: {c!r} is not in this grid; choose from {allowed}")
+    return set(chosen)
+
+
+def _train_one(
+    cfg: GridConfig,
+    index: int,
+    mixer: MixerSpec,
+    width: int,
+    task: MQARConfig,
+    device: Any,
+    where: str,
+) -> dict[str, Any]:
+    """Train the grid's run number ``index`` and return its record (``where``: the device)."""
+    torch.manual_seed(cfg.seed * 1000 + index)  # by position in the whole grid
+    model = build_model(cfg, mixer, width, device)
+    history = train_mqar(
+        model,
+        task,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr_for(mixer),
+        progress=False,
+        early_stop_accuracy=cfg.early_stop_accuracy,
+        eval_every=cfg.eval_every,
+        seed=cfg.seed,
+        num_eval=cfg.num_eval,
+        max_seconds=cfg.max_seconds_per_run,
+    )
+    sizes = state_size(model, cfg.seq_len)
+    return {
+        "mixer": mixer_label(mixer), "layers": _layers(mixer, cfg.n_layers), "width": width,
+        "num_pairs": task.num_pairs, "num_heads": cfg.num_heads(mixer, width),
+        "backends": block_backends(model), "device": where,
+        "state_size": sum(sizes), "state_size_per_layer": sizes,
+        "accuracy": history.final_accuracy, "best_accuracy": history.best_accuracy,
+        "steps_run": history.steps_run, "stopped_early": history.stopped_early,
+        "stopped_by_time": history.stopped_by_time, "seconds": history.seconds,
+        "parameters": model.num_parameters(),
+        "eval_steps": history.eval_steps, "eval_accuracy": history.eval_accuracy,
+    }  # fmt: skip
 
 
 def run_grid(
@@ -254,9 +421,17 @@ def run_grid(
     progress: bool = True,
     seed: int = 0,
     config: GridConfig | None = None,
+    resume: bool = False,
+    only_mixers: Sequence[str] | None = None,
+    only_widths: Sequence[int] | None = None,
+    config_name: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train one model per (mixer, width, pair count) and record recall and state size.
+
+    ``out_json`` is rewritten (atomically) after every finished run, with ``"complete"``
+    false until every run of the grid is in it; a grid killed midway leaves its finished
+    runs on disk.
 
     Args:
         mixers: names from :data:`course_lib.nn.MIXERS` or lists of them (hybrids).
@@ -270,15 +445,25 @@ def run_grid(
         seed: seeds the model initialisations and the data.
         config: a :class:`GridConfig` to take every other setting from; the explicit
             arguments above override its fields.
+        resume: keep the runs already in ``out_json`` and train only the missing ones; the
+            file must have been made with the same config (else a ``ValueError`` naming the
+            fields that differ). Without it the grid starts afresh and the file is replaced.
+        only_mixers: labels (:func:`mixer_label`) of the mixers to train in this call, a
+            part of the grid; the config (and a resumed file) still covers all of them.
+        only_widths: likewise, the widths to train in this call.
+        config_name: stored as ``environment["config_name"]``.
         options: further :class:`GridConfig` fields (``eval_every``, ``num_eval``,
-            ``mlp_ratio``, ``max_seconds_per_run``, ``lr_by_mixer``, ...).
+            ``mlp_ratio``, ``max_seconds_per_run``, ``cuda_backends``, ...).
 
     Returns:
-        ``{"environment": ..., "config": ..., "runs": [...]}``; each run holds ``mixer``
-        (its label), ``layers``, ``width``, ``num_pairs``, ``state_size`` (numbers per
-        sequence, all layers), ``state_size_per_layer``, ``accuracy`` (held-out recall at
-        the end), ``best_accuracy``, ``steps_run``, ``seconds``, ``parameters``.
+        ``{"environment", "config", "complete", "runs_expected", "runs"}``, the contents of
+        ``out_json``; runs are in grid order, each holds ``mixer`` (its label), ``layers``,
+        ``width``, ``num_pairs``, ``backends``, ``device``, ``state_size`` (numbers per
+        sequence, all layers), ``state_size_per_layer``, ``accuracy`` (held-out recall at the
+        end), ``best_accuracy``, ``steps_run``, ``stopped_early``, ``stopped_by_time``,
+        ``seconds``, ``parameters``.
     """
+    start = time.perf_counter()
     base = asdict(config) if config is not None else {}
     base.update(
         mixers=list(mixers), widths=[check_positive_int("widths", w) for w in widths],
@@ -287,56 +472,68 @@ def run_grid(
         batch_size=batch_size, lr=lr, seed=seed, **options,
     )  # fmt: skip
     cfg = GridConfig(**base)
+    labels = [mixer_label(m) for m in cfg.mixers]
     for m in cfg.mixers:
-        mixer_label(m)
         _layers(m, cfg.n_layers)
+    for name, backend in cfg.cuda_backends.items():
+        check_choice("cuda_backends key", name, MIXERS)
+        check_backend(backend)
+    run_labels = _check_subset("only_mixers", only_mixers, labels)
+    run_widths = _check_subset("only_widths", only_widths, cfg.widths)
     tasks = {P: MQARConfig(cfg.vocab_size, cfg.seq_len, P) for P in cfg.pair_counts}
     jobs = [(m, w, P) for m in cfg.mixers for w in cfg.widths for P in cfg.pair_counts]
+    order = {_run_key(mixer_label(m), w, P): i for i, (m, w, P) in enumerate(jobs)}
+    cfg_json = _json_roundtrip(asdict(cfg))
+
+    if resume and out_json is None:
+        raise ValueError("resume needs out_json, the results.json to resume")
+    runs = {}
+    if resume:
+        for r in _kept_runs(Path(out_json), cfg_json):
+            runs[_run_key(r["mixer"], r["width"], r["num_pairs"])] = r
+    env = _environment(device)
+    if config_name is not None:
+        env["config_name"] = config_name
+
+    def snapshot() -> dict[str, Any]:
+        """The results so far, in grid order; written to ``out_json``."""
+        kept = [runs[key] for key in sorted(runs, key=order.__getitem__)]
+        env["total_seconds"] = round(time.perf_counter() - start, 1)  # this call's time
+        results = {
+            "environment": env,
+            "config": cfg_json,
+            "complete": all(key in runs for key in order),
+            "runs_expected": len(order),
+            "runs": kept,
+        }
+        if out_json is not None:
+            write_results(results, out_json)
+        return results
+
+    todo = [
+        (i, m, w, P)
+        for i, (m, w, P) in enumerate(jobs)
+        if mixer_label(m) in run_labels
+        and w in run_widths
+        and _run_key(mixer_label(m), w, P) not in runs
+    ]
+    results = snapshot()
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="MQAR grid")
-    runs = []
-    for i, (mixer, width, P) in enumerate(jobs):
+        bar = tqdm(total=len(todo), desc="MQAR grid")
+    for i, mixer, width, P in todo:
         label = mixer_label(mixer)
         if bar is not None:
             bar.set_postfix_str(f"{label} D={width} P={P}")
-        torch.manual_seed(cfg.seed * 1000 + i)
-        model = build_model(cfg, mixer, width).to(device)
-        history = train_mqar(
-            model,
-            tasks[P],
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr_for(mixer),
-            progress=False,
-            early_stop_accuracy=cfg.early_stop_accuracy,
-            eval_every=cfg.eval_every,
-            seed=cfg.seed,
-            num_eval=cfg.num_eval,
-            max_seconds=cfg.max_seconds_per_run,
-        )
-        sizes = state_size(model, cfg.seq_len)
-        runs.append({
-            "mixer": label, "layers": _layers(mixer, cfg.n_layers), "width": width,
-            "num_pairs": P, "num_heads": cfg.num_heads(mixer, width),
-            "state_size": sum(sizes), "state_size_per_layer": sizes,
-            "accuracy": history.final_accuracy, "best_accuracy": history.best_accuracy,
-            "steps_run": history.steps_run, "stopped_early": history.stopped_early,
-            "stopped_by_time": history.stopped_by_time, "seconds": history.seconds,
-            "parameters": model.num_parameters(),
-            "eval_steps": history.eval_steps, "eval_accuracy": history.eval_accuracy,
-        })  # fmt: skip
+        where = env.get("gpu") or env["device"]
+        runs[_run_key(label, width, P)] = _train_one(cfg, i, mixer, width, tasks[P], device, where)
+        results = snapshot()
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    results = {"environment": _environment(device), "config": asdict(cfg), "runs": runs}
-    if out_json is not None:
-        path = Path(out_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -476,37 +673,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--steps", type=int, default=None, help="override the step budget")
     parser.add_argument(
-        "--max-seconds", type=float, default=None, help="override the cap on each run's time"
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="override the safety cap on each run's wall-clock time",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in OUT/results.json (same config) and train the rest",
+    )
+    parser.add_argument(
+        "--mixers", nargs="+", default=None, metavar="LABEL",
+        help="train only these mixers of the config (labels, e.g. gla mamba+attention)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--widths", nargs="+", type=int, default=None, metavar="D",
+        help="train only these widths of the config",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda"):
+    if _on_cuda(device):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    cfg = CONFIGS[args.config]
-    fields = asdict(cfg)
+    fields = asdict(CONFIGS[args.config])
     if args.steps is not None:
         fields["steps"] = args.steps
     if args.max_seconds is not None:
         fields["max_seconds_per_run"] = args.max_seconds
     out = Path(args.out)
-    start = time.perf_counter()
     results = run_grid(
         **{k: fields.pop(k) for k in ("mixers", "widths", "pair_counts", "seq_len")},
         device=device,
         out_json=out / "results.json",
         progress=not args.no_progress,
+        resume=args.resume,
+        only_mixers=args.mixers,
+        only_widths=args.widths,
+        config_name=args.config,
         **fields,
     )
-    results["environment"]["config_name"] = args.config
-    results["environment"]["total_seconds"] = round(time.perf_counter() - start, 1)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    paths = save_plots(results, out)
-    print(accuracy_table(results))
-    print(f"wrote {out / 'results.json'}, " + ", ".join(str(p) for p in paths))
-    print(f"total {results['environment']['total_seconds']} s on {device}")
+    runs = results["runs"]
+    paths = save_plots(results, out) if runs else []
+    if runs:
+        print(accuracy_table(results))
+    cut = [f"{r['mixer']} D={r['width']} P={r['num_pairs']}" for r in runs if r["stopped_by_time"]]
+    if cut:
+        print(
+            f"cut by the time cap ({results['config']['max_seconds_per_run']} s): " + ", ".join(cut)
+        )
+    print(f"wrote {out / 'results.json'}" + "".join(f", {p}" for p in paths))
+    state = "grid complete" if results["complete"] else "grid incomplete"
+    print(f"{state}: {len(runs)} of {results['runs_expected']} runs; this command "
+          f"{results['environment']['total_seconds']} s on {device}")  # fmt: skip
     return 0
 
 

@@ -16,7 +16,10 @@ The recipe (close to Zoology's, Arora et al. 2023, at a smaller budget):
 * AdamW (Loshchilov & Hutter 2019) with weight decay, a linear warm-up over the first
   ``warmup_frac`` of the steps, then a cosine decay to ``min_lr_frac * lr``;
 * every ``eval_every`` steps the held-out recall accuracy is measured; training stops early
-  once it reaches ``early_stop_accuracy``, otherwise after the fixed budget of ``steps``.
+  once it reaches ``early_stop_accuracy``, otherwise after the fixed budget of ``steps``;
+* the batch of step ``t + 1`` is drawn on the host while a GPU still runs step ``t`` (the
+  same stream of batches, so nothing changes on CPU; on a GPU the host's numpy time hides
+  behind the device's).
 
 On CPU the run is deterministic for a given seed and thread count: data come from numpy
 generators, the model is built by the caller (seed torch before), and nothing else draws
@@ -74,6 +77,14 @@ def lr_at(step: int, steps: int, lr: float, warmup_frac: float, min_lr_frac: flo
 
 def _as_tensor(x: Any, device: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.long, device=device)
+
+
+def _batch(
+    config: MQARConfig, batch_size: int, seed: int, step: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training batch of ``step``: ``make_mqar(..., seed=[seed, 0, step])`` on ``device``."""
+    x, y = config.make(batch_size, [seed, 0, step])
+    return _as_tensor(x, device), _as_tensor(y, device)  # [B, T]
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -166,8 +177,9 @@ def train_mqar(
         num_eval: held-out examples.
         weight_decay, warmup_frac, min_lr_frac, grad_clip: optimiser settings.
         log_every: steps between recorded losses.
-        max_seconds: a wall-clock cap; past it, the run evaluates and stops (a guard for
-            fixed-time grids; the run is then no longer reproducible step for step).
+        max_seconds: a wall-clock cap; past it, the run evaluates and stops, and
+            ``stopped_by_time`` is set (a safety net: the run is then no longer
+            reproducible step for step).
 
     Returns:
         a :class:`TrainHistory`; ``final_accuracy`` is the held-out accuracy at the end.
@@ -199,17 +211,19 @@ def train_mqar(
     start = time.perf_counter()
     model.train()
     accuracy = 0.0
+    x, y = _batch(config, batch_size, seed, 0, device)  # [B, T]
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup_frac, min_lr_frac)
-        x, y = config.make(batch_size, [seed, 0, step])
-        x, y = _as_tensor(x, device), _as_tensor(y, device)  # [B, T]
         loss = mqar_loss(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if step + 1 < steps:
+            # On a GPU the step above is still running: draw the next batch meanwhile.
+            x, y = _batch(config, batch_size, seed, step + 1, device)  # [B, T]
         history.steps_run = step + 1
         last = step == steps - 1
         if step % log_every == 0 or last:

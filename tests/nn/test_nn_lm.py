@@ -160,3 +160,11 @@ def test_bad_inputs() -> None:
         model.step(tokens[:, 0], None)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(tokens, max_new_tokens=-1)
+
+
+def test_per_mixer_backend_overrides_the_shared_one() -> None:
+    model = TinyLM(
+        16, d_model=16, n_layers=2, mixer=["gla", "attention"], num_heads=2,
+        mixer_kwargs={"gla": {"backend": "triton"}},
+    )  # fmt: skip
+    assert [layer.mixer.backend for layer in model.layers] == ["triton", "torch"]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 from course_lib.nn import TinyLM
+from course_lib.tasks import experiment
 from course_lib.tasks.experiment import (
     CONFIGS,
     GridConfig,
     accuracy_table,
+    block_backends,
     build_model,
     load_results,
     main,
@@ -25,7 +28,8 @@ from course_lib.tasks.experiment import (
     state_size,
 )
 from course_lib.tasks.mqar import IGNORE_INDEX, MQARConfig
-from course_lib.tasks.train import evaluate_recall, lr_at, train_mqar
+from course_lib.tasks.train import TrainHistory, evaluate_recall, lr_at, train_mqar
+from course_lib.testing import TOLERANCE
 
 # The learning bound: a 2-layer softmax-attention TinyLM (D = 32) reaches this held-out
 # recall on MQAR with 2 pairs, T = 16, within STEPS steps (seeded, CPU). A random value is
@@ -160,20 +164,193 @@ def test_cli_writes_results(tmp_path, monkeypatch) -> None:
 
 def test_gpu_config_covers_every_mixer_at_three_widths_and_pair_counts() -> None:
     gpu = CONFIGS["gpu"]
-    labels = {mixer_label(m) for m in gpu.mixers}
-    assert {"attention", "linear_attention", "gla", "h3", "mamba"} <= labels
-    assert any("+" in label for label in labels)  # a hybrid
-    assert len(gpu.widths) >= 3 and len(gpu.pair_counts) >= 3
-    assert 256 <= gpu.seq_len <= 512
-    # The time cap keeps the whole grid under 8 minutes.
-    runs = len(gpu.mixers) * len(gpu.widths) * len(gpu.pair_counts)
-    assert gpu.max_seconds_per_run is not None and runs * (gpu.max_seconds_per_run + 1) < 480
+    labels = [mixer_label(m) for m in gpu.mixers]
+    assert set(labels) == {"attention", "linear_attention", "gla", "h3", "mamba", "mamba+attention"}
+    assert gpu.widths == [32, 64, 128] and len(gpu.pair_counts) == 3 and gpu.seq_len == 256
+    # The blocks with Triton kernels use them on CUDA; H3 and attention stay torch.
+    assert gpu.cuda_backends == {"linear_attention": "triton", "gla": "triton", "mamba": "triton"}
     for m in gpu.mixers:  # every model of the grid can be built
         model = build_model(gpu, m, min(gpu.widths))
         assert math.isfinite(sum(state_size(model, gpu.seq_len)))
+        assert set(block_backends(model)) == {"torch"}  # on CPU
         if gpu.learned_positions:
             assert model.pos_embedding is not None
             assert all(not getattr(layer.mixer, "rotary", False) for layer in model.layers)
+
+
+def _fake_training(calls: list[dict], fail_after: int | None = None, train=None):
+    """A stand-in for train_mqar that records its arguments and can fail like a killed
+    command after ``fail_after`` runs; it trains with ``train`` when given, else fakes it."""
+
+    def fake(model, task, **kwargs):
+        if fail_after is not None and len(calls) == fail_after:
+            raise RuntimeError("killed")
+        calls.append({"model": model, "num_pairs": task.num_pairs, **kwargs})
+        if train is not None:
+            return train(model, task, **kwargs)
+        return TrainHistory(config={}, steps_run=kwargs["steps"], final_accuracy=0.5)
+
+    return fake
+
+
+def test_gpu_config_gives_every_mixer_the_same_step_budget(monkeypatch) -> None:
+    gpu = CONFIGS["gpu"]
+    calls: list[dict] = []
+    monkeypatch.setattr(experiment, "train_mqar", _fake_training(calls))
+    fields = asdict(gpu)
+    results = run_grid(
+        **{k: fields.pop(k) for k in ("mixers", "widths", "pair_counts", "seq_len")},
+        progress=False,
+        **fields,
+    )
+    assert len(calls) == len(results["runs"]) == 6 * 3 * 3 and results["complete"]
+    assert {c["steps"] for c in calls} == {gpu.steps}
+    assert {c["batch_size"] for c in calls} == {gpu.batch_size}
+    assert {c["early_stop_accuracy"] for c in calls} == {gpu.early_stop_accuracy}
+    # A time cap, if any, is a safety net: longer than a tenth of the 10-minute command and
+    # short enough that one run always finishes inside one.
+    caps = {c["max_seconds"] for c in calls}
+    assert caps == {gpu.max_seconds_per_run}
+    assert gpu.max_seconds_per_run is None or 60 <= gpu.max_seconds_per_run <= 480
+    per_mixer = {label: sum(r["mixer"] == label for r in results["runs"]) for label in
+                 {r["mixer"] for r in results["runs"]}}  # fmt: skip
+    assert set(per_mixer.values()) == {9}
+
+
+def test_on_cuda_the_triton_blocks_are_switched_on(monkeypatch) -> None:
+    monkeypatch.setattr(experiment, "_on_cuda", lambda device: True)
+    gpu = CONFIGS["gpu"]
+    want = {
+        "attention": ["torch", "torch"],
+        "linear_attention": ["triton", "triton"],
+        "gla": ["triton", "triton"],
+        "h3": ["torch", "torch"],
+        "mamba": ["triton", "triton"],
+        "mamba+attention": ["triton", "torch"],
+    }
+    for m in gpu.mixers:
+        assert block_backends(build_model(gpu, m, 32)) == want[mixer_label(m)]
+
+
+def test_a_triton_block_computes_what_its_torch_form_does(monkeypatch) -> None:
+    """Linear attention's Triton kernel (the CPU interpreter here) inside a grid model."""
+    cfg = GridConfig(mixers=["linear_attention"], widths=[16], pair_counts=[2], seq_len=20,
+                     vocab_size=16, cuda_backends={"linear_attention": "triton"})  # fmt: skip
+    x = torch.as_tensor(MQARConfig(16, 20, 2).make(2, 0)[0])
+    out = {}
+    for on_cuda in (False, True):
+        monkeypatch.setattr(experiment, "_on_cuda", lambda device, flag=on_cuda: flag)
+        torch.manual_seed(0)
+        model = build_model(cfg, "linear_attention", 16)
+        assert set(block_backends(model)) == {"triton" if on_cuda else "torch"}
+        out[on_cuda] = model(x).detach()
+    err = float((out[True] - out[False]).norm() / out[False].norm())
+    assert err < TOLERANCE["float32"]
+
+
+TINY = dict(widths=[8], pair_counts=[1, 2], seq_len=8, vocab_size=8, steps=2, batch_size=2,
+            eval_every=1, num_eval=4, progress=False, device="cpu")  # fmt: skip
+TINY_MIXERS = ["attention", "linear_attention", ["mamba", "attention"]]
+
+
+def test_a_killed_grid_leaves_its_finished_runs_and_resume_completes_it(
+    tmp_path, monkeypatch
+) -> None:
+    path = tmp_path / "results.json"
+    real = experiment.train_mqar
+    done: list[dict] = []
+    monkeypatch.setattr(experiment, "train_mqar", _fake_training(done, 4, train=real))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_grid(TINY_MIXERS, out_json=path, **TINY)
+    stored = load_results(path)
+    assert len(done) == 4 and len(stored["runs"]) == 4
+    assert stored["complete"] is False and stored["runs_expected"] == 6
+    assert not (tmp_path / "results.json.tmp").exists()
+
+    again: list[dict] = []
+    monkeypatch.setattr(experiment, "train_mqar", _fake_training(again, train=real))
+    results = run_grid(TINY_MIXERS, out_json=path, resume=True, **TINY)
+    assert len(again) == 2  # only the missing runs were trained
+    assert results["complete"] is True and load_results(path) == json.loads(json.dumps(results))
+    assert results["runs"][:4] == stored["runs"]  # kept as they were, in grid order
+    keys = [(r["mixer"], r["width"], r["num_pairs"]) for r in results["runs"]]
+    assert keys == [(mixer_label(m), 8, p) for m in TINY_MIXERS for p in (1, 2)]
+    # Resuming a complete grid trains nothing.
+    run_grid(TINY_MIXERS, out_json=path, resume=True, **TINY)
+    assert len(again) == 2
+
+
+def test_a_part_of_the_grid_trains_the_same_runs_as_the_whole(tmp_path) -> None:
+    """Runs are seeded by their place in the whole grid, not by the order they ran in."""
+    mixers = ["attention", "linear_attention"]
+    whole = run_grid(mixers, out_json=tmp_path / "a.json", **TINY)
+    part = run_grid(mixers, out_json=tmp_path / "b.json", only_mixers=["linear_attention"], **TINY)
+    assert len(part["runs"]) == 2 and not part["complete"]
+    skip = ("seconds",)  # wall-clock time differs
+
+    def same(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k not in skip}
+
+    assert [same(r) for r in whole["runs"][2:]] == [same(r) for r in part["runs"]]
+
+
+def test_resume_with_another_config_is_an_error_naming_the_option(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    run_grid(["linear_attention"], out_json=path, **TINY)
+    with pytest.raises(ValueError, match=r"resume.*steps \(file: 2, now: 3\)"):
+        run_grid(["linear_attention"], out_json=path, resume=True, **{**TINY, "steps": 3})
+    with pytest.raises(ValueError, match="pair_counts"):
+        run_grid(["linear_attention"], out_json=path, resume=True,
+                 **{**TINY, "pair_counts": [1]})  # fmt: skip
+    with pytest.raises(ValueError, match="out_json"):
+        run_grid(["linear_attention"], resume=True, **TINY)
+    # Without resume the grid starts afresh and replaces the file.
+    results = run_grid(["linear_attention"], out_json=path, **{**TINY, "steps": 3})
+    assert load_results(path)["config"]["steps"] == 3 and results["complete"]
+
+
+def test_the_mixer_filter_trains_only_those_mixers(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "results.json"
+    calls: list[dict] = []
+    monkeypatch.setattr(experiment, "train_mqar", _fake_training(calls))
+    results = run_grid(TINY_MIXERS, out_json=path, only_mixers=["mamba+attention"], **TINY)
+    assert [c["model"].mixers for c in calls] == [["mamba", "attention"]] * 2
+    assert {r["mixer"] for r in results["runs"]} == {"mamba+attention"}
+    assert results["complete"] is False and results["config"]["mixers"][0] == "attention"
+    run_grid(TINY_MIXERS, out_json=path, resume=True, only_mixers=["attention"], **TINY)
+    stored = load_results(path)
+    assert [r["mixer"] for r in stored["runs"]] == ["attention"] * 2 + ["mamba+attention"] * 2
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match="only_mixers.*gla"):
+        run_grid(TINY_MIXERS, out_json=path, resume=True, only_mixers=["gla"], **TINY)
+    with pytest.raises(ValueError, match="only_widths"):
+        run_grid(TINY_MIXERS, out_json=path, resume=True, only_widths=[16], **TINY)
+
+
+def test_a_run_cut_by_the_time_cap_says_so(tmp_path) -> None:
+    results = run_grid(["attention"], out_json=tmp_path / "r.json",
+                       **{**TINY, "steps": 5, "max_seconds_per_run": 1e-9})  # fmt: skip
+    for r in load_results(tmp_path / "r.json")["runs"]:
+        assert r["stopped_by_time"] and r["steps_run"] == 1
+    assert results["complete"]
+
+
+def test_cli_runs_the_grid_in_parts(tmp_path, monkeypatch, capsys) -> None:
+    tiny = GridConfig(mixers=["attention", "linear_attention"], widths=[8], pair_counts=[1],
+                      seq_len=8, vocab_size=8, steps=2, batch_size=2, eval_every=1,
+                      num_eval=4)  # fmt: skip
+    monkeypatch.setitem(CONFIGS, "cpu", tiny)
+    args = ["--config", "cpu", "--out", str(tmp_path), "--no-progress", "--resume"]
+    assert main([*args, "--mixers", "linear_attention"]) == 0
+    assert "grid incomplete: 1 of 2" in capsys.readouterr().out
+    assert [r["mixer"] for r in load_results(tmp_path)["runs"]] == ["linear_attention"]
+    assert (tmp_path / "recall_vs_pairs.png").exists()
+    assert main([*args, "--mixers", "attention"]) == 0
+    assert "grid complete: 2 of 2" in capsys.readouterr().out
+    stored = load_results(tmp_path)
+    assert [r["mixer"] for r in stored["runs"]] == ["attention", "linear_attention"]
+    with pytest.raises(ValueError, match="steps"):
+        main([*args, "--steps", "3"])
 
 
 def test_bad_mixer_is_named() -> None:
