@@ -105,6 +105,16 @@ for _form in ("sequential", "parallel", "chunked"):
         )
     )
 register(Impl("selective_scan", "triton", "scan", f"{_TRITON}:selective_scan", differentiable=True))
+# the same backward; a forward that scans blocks of steps in parallel (associative scan)
+register(
+    Impl(
+        "selective_scan",
+        "triton",
+        "block_scan",
+        f"{_TRITON}:selective_scan_blockwise",
+        differentiable=True,
+    )
+)
 
 register(Impl("mamba_block", "numpy", "forward", f"{_NP}:mamba_block_forward"))
 register(Impl("mamba_block", "torch", "forward", f"{_TORCH}:mamba_block_forward"))

@@ -4,7 +4,8 @@ Glossary of dimension letters:
 
 * ``B`` batch, ``T`` time steps, ``D`` channels, ``N`` state size per channel,
 * ``BD`` channels per program (``BLOCK_D``), ``BN`` the state size padded to a power of 2,
-* ``L`` checkpoint interval in steps (``CHUNK``), ``c = ceil(T / L)`` checkpoints.
+* ``L`` checkpoint interval in steps (``CHUNK``), ``c = ceil(T / L)`` checkpoints,
+* ``BL`` steps per block of the block-scan forward (``BLOCK_L``, divides ``L``).
 
 Forward (Gu & Dao 2023, section 3.3): the program ``(d-block, b)`` owns ``BD`` channels of
 one batch element and all their ``N`` states, a ``[BD, BN]`` fp32 tile that lives in
@@ -20,6 +21,27 @@ written, except the ``[BD, BN]`` tile every ``L`` steps (a checkpoint) when a ba
 pass will need it. ``B * ceil(D / BD)`` programs run at once (512 at B=4, D=2048, BD=16).
 The step's loads do not depend on the state, so each is issued one step ahead (a software
 prefetch held in registers): the memory latency overlaps a step of maths.
+
+Block-scan forward (form "block_scan", :func:`selective_scan_blockwise`): the same program
+grid, but time is walked ``BL`` steps at a time. A block loads ``u, delta, z`` as ``[BL,
+BD]`` tiles and ``B, C`` as ``[BL, BN]`` tiles (one block ahead, as above), forms
+
+    a_t = exp(dt_t A),  b_t = dt_t u_t B_t        # [BL, BN, BD]
+    b_0 <- a_0 h + b_0                            # the state carried into the block
+
+and runs ``tl.associative_scan`` along the steps with the composition of affine maps
+``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)`` (Blelloch 1990; Martin & Cundy 2018; Smith
+et al. 2023): its second output is ``h_t`` for every step of the block at once. Then
+``y = sum_n h_t C_t`` (a reduction over the state axis), the skip and the gate, one
+``[BL, BD]`` store, and the last step's state is carried on. Steps past ``T`` get
+``dt = 0``: ``a = 1, b = 0``, the identity, so the carried state is the last real step's.
+The point is not fewer operations (it does the same exponentials and multiply-adds) but
+fewer round trips: one wide load and one wide store per ``BL`` steps, and ``BL * N * BD``
+independent exponentials per block for the scheduler instead of ``N * BD`` behind each
+step's dependent chain. Which axes go to lanes, warps or registers is the compiler's
+choice (channels last: lanes on ``D``); with the steps in registers the scan is a short
+sequential loop in each thread, with no cross-thread traffic. It stores the same checkpoints
+as the step-by-step forward (``BL`` divides ``L``), so the backward below serves both.
 
 Backward, per program, walking the checkpoints from last to first: recompute the ``L``
 states of the chunk from its checkpoint (kept in a per-program scratch buffer), then run the
@@ -40,10 +62,17 @@ All maths is fp32 whatever the input dtype (fp32, fp16, bf16; ``A`` fp32). Lengt
 channel counts need not be multiples of anything: channel and state lanes are masked.
 Offsets inside one batch element are int32 (``T * D < 2**31``; longer inputs are refused).
 Configuration is in :data:`CONFIG` (no autotuning here).
+
+What bounds them: the step-by-step forward is latency-bound (each step waits for the last);
+the block forward, with the latency spread over ``BL`` steps, is bound by instruction issue:
+per state element and step an exponential, about five multiplies and adds, and its share of
+the per-step softplus and of the layout changes between ``[BL, BD]`` and ``[BL, BN, BD]``
+tiles (through shared memory): about 15 instructions in all on sm_90.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -77,14 +106,26 @@ def _add(a, b):
 _sum_combine = getattr(tl.standard, "_sum_combine", _add)  # _add: same maths, slower on CPU
 
 #: Launch configuration (one place; no autotuning on the course machines).
-#: ``CHUNK``: checkpoint interval shared by the forward and the backward. ``BLOCK_D``:
+#: ``CHUNK``: checkpoint interval shared by the forwards and the backward. ``BLOCK_D``:
 #: channels per program; with ``N = 16`` and 4 warps a 16-channel tile is 2 states per
 #: thread, so B=4, D=2048 gives 512 programs, about 15 warps per SM of an H200 to hide the
 #: per-step load latency (the scan is latency-bound, not bandwidth-bound, at these sizes).
+#: ``block_fwd`` (the block-scan forward): tiles ``[BL, BN, BD]`` = 8 x 16 x 16 over 2 warps
+#: are 32 elements per thread and per tile (16 lanes on the channels, 2 lanes x 2 warps on
+#: the states, the 8 steps in each thread); ``a, b`` and the scanned states stay in
+#: registers: ptxas gives 158-168 registers (triton 3.6 and 3.9, sm_90, no spills), so 6
+#: programs fit an SM and B=4, D=2048 (512 programs, about 4 per SM) runs in one wave.
+#: That is about 8 warps per SM: few, each with much independent work. The loop is about
+#: 15 SASS instructions per state element and step (one exponential). Worth sweeping on
+#: the GPU: BL 8, BD 16, 4 warps (72 registers, 16 warps per SM, about 19 instructions per
+#: element); BL 8, BD 32, 4 warps (142 registers, 256 programs, about 14.5); not BL 16,
+#: BD 16, 4 warps (128-168 registers: 3 programs per SM with triton 3.9, two waves).
+#: ``BL`` must divide ``CHUNK`` when checkpoints are stored (the launcher takes the gcd).
 CONFIG: dict[str, dict[str, int]] = {
     "fwd": {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4},
     "bwd": {"BLOCK_D": 16, "num_warps": 4},
     "step": {"BLOCK_D": 64, "num_warps": 4},
+    "block_fwd": {"BLOCK_L": 8, "BLOCK_D": 16, "num_warps": 2},
 }
 
 
@@ -159,6 +200,113 @@ def _scan_fwd_kernel(
         tl.store(p_out, y.to(out_ptr.dtype.element_ty), mask=mask_d)
         p_out += D
     tl.store(last_ptr + state, h, mask=mask_dn)
+
+
+@triton.jit
+def _compose(a1, b1, a2, b2):
+    """``h -> a1 h + b1`` then ``h -> a2 h + b2`` is the one step ``h -> a1 a2 h + a2 b1 + b2``."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _pinned(x, y):
+    """``(x, y)`` unchanged, through ``tl.join`` and ``tl.split``. The pair is computed once
+    per ``[BL, BD]`` (or ``[BL, BN]``) element and then broadcast to ``[BL, BN, BD]``, whose
+    layout holds copies of each element in several threads. Triton 3.6 moves that layout
+    change up to the loads and then repeats the softplus (or the fp32 conversion) in every
+    thread holding a copy, which doubles the loop's instructions; it does not move it
+    across a split, so the work is done once per element and the copies are made after."""
+    return tl.split(tl.join(x, y))
+
+
+@triton.jit
+def _block_scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, last_ptr, ckpt_ptr,
+    T, D, N, n_chunks,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
+    SOFTPLUS: tl.constexpr, STORE_CKPT: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """Program ``(d-block, b)`` walks time in blocks of ``BL`` steps (``BL`` divides
+    ``CHUNK``) and scans each block in parallel. Tiles are ``[BL, BN, BD]`` with the
+    channels last: the compiler spreads the fastest axis over the lanes of a warp, so the
+    channels take the lanes, the states the rest, and each thread walks the ``BL`` steps."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_l = tl.arange(0, BLOCK_L)  # [BL] step inside the block
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    offs_n = tl.arange(0, BLOCK_N)  # [BN]
+    mask_d, mask_n = offs_d < D, offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]  # [BN, BD]
+    nd = offs_n[:, None] + offs_d[None, :] * N  # [BN, BD] offsets in a [D, N] matrix
+    A2 = tl.load(A_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32) * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state = pid_b * D * N + nd  # [BN, BD] offsets in a [B, D, N] state
+    if HAS_H0:
+        h = tl.load(h0_ptr + state, mask=mask_nd, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    first = (offs_l == 0)[:, None, None]  # [BL, 1, 1]: where the carried state enters
+    final = (offs_l == BLOCK_L - 1)[:, None, None]  # [BL, 1, 1]: the state carried out
+    # pointers at block 0 of this batch element, advanced by BL rows per block
+    xs = pid_b * T * D + offs_l[:, None] * D + offs_d[None, :]  # [BL, BD] in [B, T, D]
+    ns = pid_b * T * N + offs_l[:, None] * N + offs_n[None, :]  # [BL, BN] in [B, T, N]
+    p_u, p_dl, p_z, p_out = u_ptr + xs, delta_ptr + xs, z_ptr + xs, out_ptr + xs
+    p_B, p_C = B_ptr + ns, C_ptr + ns
+    ck0 = ckpt_ptr + pid_b * n_chunks * D * N + nd  # [BN, BD], checkpoint 0
+    # software prefetch as in the step-by-step kernel, one block ahead: block k+1 is
+    # loaded before block k is computed
+    rows = offs_l < T  # [BL] which steps of the block are inside the sequence
+    m_x, m_n = rows[:, None] & mask_d[None, :], rows[:, None] & mask_n[None, :]
+    u_n = tl.load(p_u, mask=m_x, other=0.0)
+    dl_n = tl.load(p_dl, mask=m_x, other=0.0)
+    B_n = tl.load(p_B, mask=m_n, other=0.0)
+    C_n = tl.load(p_C, mask=m_n, other=0.0)
+    if HAS_Z:
+        z_n = tl.load(p_z, mask=m_x, other=0.0)
+    for t0 in range(0, T, BLOCK_L):
+        if STORE_CKPT:
+            if t0 % CHUNK == 0:  # the state entering chunk t0 // CHUNK
+                tl.store(ck0 + (t0 // CHUNK) * D * N, h, mask=mask_nd)
+        valid, m_out = rows, m_x  # [BL], [BL, BD]: this block's steps inside the sequence
+        u, dt = u_n.to(tl.float32), dl_n.to(tl.float32)  # [BL, BD]
+        Bt, Ct = _pinned(B_n.to(tl.float32), C_n.to(tl.float32))  # [BL, BN]
+        if HAS_Z:
+            z = z_n.to(tl.float32)
+        p_u, p_dl, p_z = p_u + BLOCK_L * D, p_dl + BLOCK_L * D, p_z + BLOCK_L * D
+        p_B, p_C = p_B + BLOCK_L * N, p_C + BLOCK_L * N
+        rows = (t0 + BLOCK_L + offs_l) < T  # [BL] the next block's steps
+        m_x, m_n = rows[:, None] & mask_d[None, :], rows[:, None] & mask_n[None, :]
+        u_n = tl.load(p_u, mask=m_x, other=0.0)
+        dl_n = tl.load(p_dl, mask=m_x, other=0.0)
+        B_n = tl.load(p_B, mask=m_n, other=0.0)
+        C_n = tl.load(p_C, mask=m_n, other=0.0)
+        if HAS_Z:
+            z_n = tl.load(p_z, mask=m_x, other=0.0)
+        if HAS_BIAS:
+            dt += bias[None, :]
+        if SOFTPLUS:
+            dt = tl.maximum(dt, 0.0) + LN2 * tl.log2(1.0 + tl.exp2(-tl.abs(dt) * LOG2E))
+        dt = tl.where(valid[:, None], dt, 0.0)  # steps past T: a = 1, b = 0, the identity
+        dt, dtu = _pinned(dt, dt * u)  # [BL, BD]
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BL, BN, BD]
+        b = dtu[:, None, :] * Bt[:, :, None]  # [BL, BN, BD]
+        b = tl.where(first, a * h[None, :, :] + b, b)  # the state entering the block
+        _, hs = tl.associative_scan((a, b), 0, _compose)  # [BL, BN, BD]: h_t in the block
+        y = tl.reduce(hs * Ct[:, :, None], 1, _sum_combine)  # [BL, BD]
+        if HAS_D:
+            y += Dv[None, :] * u
+        if HAS_Z:
+            y *= z / (1.0 + tl.exp2(-z * LOG2E))
+        tl.store(p_out, y.to(out_ptr.dtype.element_ty), mask=m_out)
+        p_out += BLOCK_L * D
+        # the last step's state: -0.0 is an exact identity of +, so only that row is summed
+        h = tl.reduce(tl.where(final, hs, -0.0), 0, _sum_combine)  # [BN, BD]
+    tl.store(last_ptr + state, h, mask=mask_nd)
 
 
 @triton.jit
@@ -362,13 +510,15 @@ def _dummy(x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like if x is None else x
 
 
-def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, store_ckpt):
-    """Launch the forward: ``out`` [B, T, D] (u's dtype), ``last`` [B, D, N] fp32 and the
-    checkpoints [B, c, D, N] fp32 (``None`` unless ``store_ckpt``)."""
+def _scan_forward(
+    form, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, store_ckpt
+):  # fmt: skip
+    """Launch the forward of ``form`` ("scan": step by step; "block": ``BL`` steps at a
+    time): ``out`` [B, T, D] (u's dtype), ``last`` [B, D, N] fp32 and the checkpoints
+    [B, c, D, N] fp32 (``None`` unless ``store_ckpt``). Both store the same checkpoints."""
     Bsz, T, Dd = u.shape
     N = A.shape[1]
-    cfg = CONFIG["fwd"]
-    L = cfg["CHUNK"]
+    L = CONFIG["fwd"]["CHUNK"]
     n_chunks = triton.cdiv(T, L)
     out = runtime.new_empty((Bsz, T, Dd), dtype=u.dtype, device=u.device)
     last = runtime.new_empty((Bsz, Dd, N), dtype=torch.float32, device=u.device)
@@ -377,26 +527,37 @@ def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, store
         if store_ckpt
         else last
     )
-    grid = (triton.cdiv(Dd, cfg["BLOCK_D"]), Bsz)
-    _scan_fwd_kernel[grid](
+    args = (
         u, delta, A, B, C, _dummy(D, A), _dummy(z, u), _dummy(delta_bias, A), _dummy(h0, last),
-        out, last, ckpt,
-        T, Dd, N, n_chunks,
+        out, last, ckpt, T, Dd, N, n_chunks,
+    )  # fmt: skip
+    flags = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         HAS_H0=h0 is not None, SOFTPLUS=bool(delta_softplus), STORE_CKPT=store_ckpt,
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=triton.next_power_of_2(N), CHUNK=L,
-        num_warps=cfg["num_warps"],
+        BLOCK_N=triton.next_power_of_2(N), CHUNK=L,
     )  # fmt: skip
+    if form == "scan":
+        cfg = CONFIG["fwd"]
+        grid = (triton.cdiv(Dd, cfg["BLOCK_D"]), Bsz)
+        _scan_fwd_kernel[grid](*args, **flags, BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
+    else:
+        cfg = CONFIG["block_fwd"]
+        # a block never straddles a checkpoint: BL divides CHUNK (gcd of powers of 2)
+        BL = math.gcd(cfg["BLOCK_L"], L) if store_ckpt else cfg["BLOCK_L"]
+        grid = (triton.cdiv(Dd, cfg["BLOCK_D"]), Bsz)
+        _block_scan_fwd_kernel[grid](
+            *args, **flags, BLOCK_L=BL, BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"]
+        )
     return out, last, (ckpt if store_ckpt else None)
 
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
+    def forward(ctx, form, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0):
         store = any(ctx.needs_input_grad)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
         out, last, ckpt = _scan_forward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, store
+            form, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, store
         )
         if store:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, ckpt)
@@ -441,13 +602,30 @@ class _SelectiveScan(torch.autograd.Function):
             return None if like is None else g.to(like.dtype)
 
         return (
-            cast(du, u), cast(ddelta, delta), cast(dA.sum(0), A), cast(dB, B), cast(dC, C),
+            None, cast(du, u), cast(ddelta, delta), cast(dA.sum(0), A), cast(dB, B), cast(dC, C),
             cast(dD.sum(0), D) if D is not None else None,
             cast(dz, z) if z is not None else None,
             cast(dbias.sum(0), delta_bias) if delta_bias is not None else None,
             None,
             cast(dh0, h0) if h0 is not None else None,
         )  # fmt: skip
+
+
+def _apply(form: str, args: dict[str, Any]) -> Any:
+    """Check the arguments of a public scan, then run ``form`` through autograd."""
+    dims = check_scan_inputs(**args)
+    if dims["T"] * max(dims["D"], dims["N"]) >= 2**31:
+        raise ValueError(
+            f"u is too long for the kernel's int32 offsets: T * D = "
+            f"{dims['T'] * dims['D']} (split the sequence, carry the state)"
+        )
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+    _check_device(**{k: args[k] for k in names})
+    out, last = _SelectiveScan.apply(
+        form, *(_c(args[k]) for k in names[:-1]), bool(args["delta_softplus"]),
+        _c(args["initial_state"]),
+    )  # fmt: skip
+    return (out, last) if args["return_last_state"] else out
 
 
 def selective_scan(
@@ -472,21 +650,32 @@ def selective_scan(
     ``B, C`` [B, T, N]; ``D, delta_bias`` [D]; ``initial_state`` [B, D, N]. Returns
     ``out`` [B, T, D] in u's dtype, or ``(out, last_state [B, D, N] fp32)`` when
     ``return_last_state``. Differentiable in every tensor argument; the gradients come back
-    in each argument's dtype, computed in fp32.
+    in each argument's dtype, computed in fp32. The forward walks time one step at a time.
     """
-    dims = check_scan_inputs(**locals())
-    if dims["T"] * max(dims["D"], dims["N"]) >= 2**31:
-        raise ValueError(
-            f"u is too long for the kernel's int32 offsets: T * D = "
-            f"{dims['T'] * dims['D']} (split the sequence, carry the state)"
-        )
-    _check_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                  initial_state=initial_state)  # fmt: skip
-    out, last = _SelectiveScan.apply(
-        u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
-        _c(D), _c(z), _c(delta_bias), bool(delta_softplus), _c(initial_state),
-    )  # fmt: skip
-    return (out, last) if return_last_state else out
+    return _apply("scan", locals())
+
+
+def selective_scan_blockwise(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> Any:
+    """:func:`selective_scan` with a forward that is parallel in time inside blocks of
+    ``BL`` steps (``CONFIG["block_fwd"]``): for each block the pairs
+    ``(a_t, b_t) = (exp(dt_t A), dt_t B_t u_t)`` [BL, N, BD] are combined by an associative
+    scan, ``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``, after folding the carried state
+    into the block's first step (``b_0 += a_0 h``). Same arguments, shapes, results and
+    backward (it stores the same checkpoints) as :func:`selective_scan`.
+    """
+    return _apply("block", locals())
 
 
 def selective_scan_decode_step(

@@ -2,7 +2,10 @@
 
 On CPU the kernels run in Triton's interpreter: sizes are tiny but awkward (T = 1, 63, 65;
 D = 5, 60 with 16 channels per program; N = 4, 16; several checkpoints with a partial
-last one). ``gpu``-marked tests run the compiled kernels in bf16 and at long lengths.
+last one). The "block_scan" form (:func:`selective_scan_blockwise`) is run with short
+blocks of steps and few channels per program, so that these sizes cross several blocks,
+checkpoints and channel blocks with partial last ones. ``gpu``-marked tests run the
+compiled kernels in bf16/fp16 and at long lengths.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from course_lib import runtime
 from course_lib.selective_ssm import numpy_ref as ref
@@ -34,6 +39,20 @@ def chunk(monkeypatch):
         monkeypatch.setitem(tk.CONFIG["fwd"], "CHUNK", n)
 
     return set_chunk
+
+
+@pytest.fixture
+def block(monkeypatch):
+    """Blocks of ``BL`` steps and ``BD`` channels per program for the block-scan forward."""
+
+    def set_block(BL: int, BD: int) -> None:
+        monkeypatch.setitem(tk.CONFIG["block_fwd"], "BLOCK_L", BL)
+        monkeypatch.setitem(tk.CONFIG["block_fwd"], "BLOCK_D", BD)
+
+    return set_block
+
+
+FORMS = {"scan": tk.selective_scan, "block_scan": tk.selective_scan_blockwise}  # registry names
 
 
 def draw(b, T, D, N, *, full, seed=0):
@@ -149,15 +168,17 @@ def test_decode_kernel_matches_numpy(b, D, N, full):
     assert float((t["state"] - torch.tensor(state, dtype=torch.float32)).abs().max()) == 0.0
 
 
-def test_decode_steps_continue_a_scan(chunk):
+@pytest.mark.parametrize("form", FORMS)
+def test_decode_steps_continue_a_scan(form, chunk, block):
     chunk(4)
+    block(2, 2)
     args = draw(1, 6, 3, 2, full=True, seed=2)
     whole, last = ref.selective_scan_sequential(**args, delta_softplus=True,
                                                 return_last_state=True)  # fmt: skip
     x = tensors(args, torch.float32)
     cut = 4
     part = {k: (v[:, :cut] if k in ("u", "delta", "B", "C", "z") else v) for k, v in x.items()}
-    out, state = tk.selective_scan(**part, delta_softplus=True, return_last_state=True)
+    out, state = FORMS[form](**part, delta_softplus=True, return_last_state=True)
     ys = [out]
     for t in range(cut, 6):
         y, state = tk.selective_scan_decode_step(
@@ -178,26 +199,124 @@ def test_decode_steps_continue_a_scan(chunk):
         ("delta_softplus", lambda a: a.update(delta_softplus=None), TypeError),
     ],
 )
-def test_bad_inputs_rejected_before_launch(name, spoil, error):
+@pytest.mark.parametrize("form", FORMS)
+def test_bad_inputs_rejected_before_launch(form, name, spoil, error):
     args = tensors(draw(2, 5, 3, 4, full=True), torch.float32)
     spoil(args)
     with pytest.raises(error, match=rf"^{name}\b"):
-        tk.selective_scan(**args)
+        FORMS[form](**args)
+
+
+# ---- the block-scan forward ("block_scan" form) -----------------------------------------
+
+#: Which optional inputs a case passes: the reference draws them all, ``keep`` filters.
+ALL_OPTIONAL = ("D", "z", "delta_bias", "initial_state")
+
+
+def pick(args, keep):
+    """``args`` without the optional inputs that are not in ``keep``."""
+    return {k: v for k, v in args.items() if k not in ALL_OPTIONAL or k in keep}
+
+
+# (b, T, D, N, keep, softplus, CHUNK, BL, BD). T = 1 over two batch elements and two
+# channel blocks; T = 23 with N = 16: 6 blocks of 4 (the last has 3 steps) over 3 chunks of
+# 8 (the last partial); an odd N = 5 (3 masked state lanes) with D = 6 over two channel
+# blocks of 4 (the second with 2 channels) and BL = CHUNK; T = 65 with the default CHUNK = 64 and
+# BL = 16 (the last block has 1 step); BL = 16 > CHUNK = 8 (the launcher takes gcd = 8);
+# the gate without the skip, bias without softplus, and nothing optional.
+BLOCK_CASES = [
+    (2, 1, 5, 4, ALL_OPTIONAL, True, 16, 4, 4),
+    (1, 23, 3, 16, ALL_OPTIONAL, True, 8, 4, 4),
+    (1, 17, 6, 5, ("z", "delta_bias", "initial_state"), True, 8, 8, 4),
+    (1, 65, 3, 3, (), False, 64, 16, 4),
+    (1, 19, 2, 3, ("D", "delta_bias"), False, 8, 16, 2),
+]
+
+
+@pytest.mark.parametrize(("b", "T", "D", "N", "keep", "soft", "L", "BL", "BD"), BLOCK_CASES)
+def test_block_scan_matches_float64_and_scan(b, T, D, N, keep, soft, L, BL, BD, chunk, block):
+    chunk(L)
+    block(BL, BD)
+    args = pick(draw(b, T, D, N, full=True, seed=T + D), keep)
+    if not soft:  # a positive step size used as it is
+        args["delta"] = np.abs(args["delta"]) + 0.05
+    opts = {"delta_softplus": soft, "return_last_state": True}
+    out0, last0 = ref.selective_scan_sequential(**args, **opts)
+    x = tensors(args, torch.float32, DEVICE, requires_grad=True)
+    with runtime.poison_outputs():
+        out, last = tk.selective_scan_blockwise(**x, **opts)
+        out_s, last_s = tk.selective_scan(**{k: v.detach() for k, v in x.items()}, **opts)
+    assert out.dtype == torch.float32 and last.dtype == torch.float32
+    assert rel_error(out, out0) < TOL32 and rel_error(last, last0) < TOL32
+    assert rel_error(out, out_s.double()) < TOL32 and rel_error(last, last_s.double()) < TOL32
+    # gradients through the step-by-step form's backward, from the block form's checkpoints
+    x64 = tensors(args, torch.float64, requires_grad=True)
+    o64, l64 = ti.selective_scan_sequential(**x64, **opts)
+    gen = torch.Generator().manual_seed(1)
+    w_out = torch.randn(o64.shape, generator=gen, dtype=torch.float64)
+    w_last = torch.randn(l64.shape, generator=gen, dtype=torch.float64)
+    want = torch.autograd.grad((o64 * w_out).sum() + (l64 * w_last).sum(), list(x64.values()))
+    with runtime.poison_outputs():
+        loss = (out * w_out.float().to(DEVICE)).sum() + (last * w_last.float().to(DEVICE)).sum()
+        got = torch.autograd.grad(loss, list(x.values()))
+    for name, g, w in zip(x, got, want, strict=True):
+        assert g.dtype == x[name].dtype, name
+        assert rel_error(g, w) < TOL32, name
+
+
+def test_block_scan_without_grad_needs_no_checkpoint_alignment(chunk, block):
+    """Without autograd no checkpoint is stored, so blocks of 8 steps with CHUNK = 4 run
+    as they are (T = 13: one full block and a block of 5)."""
+    chunk(4)
+    block(8, 4)
+    args = draw(2, 13, 3, 2, full=True, seed=5)
+    x = tensors(args, torch.float32)
+    with runtime.poison_outputs():
+        out = tk.selective_scan_blockwise(**x, delta_softplus=True)
+    assert isinstance(out, torch.Tensor)
+    assert rel_error(out, ref.selective_scan_sequential(**args, delta_softplus=True)) < TOL32
+
+
+@given(
+    b=st.integers(1, 2),
+    T=st.integers(1, 12),
+    D=st.integers(1, 5),
+    N=st.integers(1, 5),
+    BL=st.sampled_from([2, 4]),
+    full=st.booleans(),
+)
+def test_block_scan_shapes_sweep(b, T, D, N, BL, full):
+    """Forward of the block form against the float64 reference over small odd shapes (a
+    short sweep: the interpreter runs the scan's combine once per element)."""
+    args = draw(b, T, D, N, full=full, seed=T * 7 + D)
+    soft = {"delta_softplus": True} if full else {}
+    saved = dict(tk.CONFIG["block_fwd"])
+    tk.CONFIG["block_fwd"].update(BLOCK_L=BL, BLOCK_D=4)
+    try:
+        with runtime.poison_outputs():
+            out, last = tk.selective_scan_blockwise(
+                **tensors(args, torch.float32), **soft, return_last_state=True
+            )
+    finally:
+        tk.CONFIG["block_fwd"].update(saved)
+    out0, last0 = ref.selective_scan_sequential(**args, **soft, return_last_state=True)
+    assert rel_error(out, out0) < TOL32 and rel_error(last, last0) < TOL32
 
 
 # ---- compiled kernels on a GPU ------------------------------------------------------
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_gpu_half_precision(dtype):
+def test_gpu_half_precision(dtype, form):
     args = draw(2, 300, 200, 16, full=True, seed=3)
     x = tensors(args, dtype, "cuda", requires_grad=True)
     rounded = {k: v.detach().double().cpu().numpy() for k, v in x.items()}
     out0, last0 = ref.selective_scan_sequential(**rounded, delta_softplus=True,
                                                 return_last_state=True)  # fmt: skip
     with runtime.poison_outputs():
-        out, last = tk.selective_scan(**x, delta_softplus=True, return_last_state=True)
+        out, last = FORMS[form](**x, delta_softplus=True, return_last_state=True)
     name = str(dtype).replace("torch.", "")
     assert out.dtype == dtype and rel_error(out, out0) < TOLERANCE[name]
     assert rel_error(last, last0) < TOL32
@@ -236,3 +355,42 @@ def test_gpu_long_sequence():
     got = torch.autograd.grad((out * gout.float()).sum(), list(x.values()))
     for k, g, w in zip(x, got, want, strict=True):
         assert rel_error(g, w) < TOL32, k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dtype", "T"), [(torch.bfloat16, 32768), (torch.float16, 32768), (torch.bfloat16, 4099)]
+)
+def test_gpu_block_scan_long(dtype, T):
+    """The block form at long lengths in half precision: outputs and last state against
+    float64 on the rounded inputs and against the step-by-step form, gradients (through the
+    shared backward) against the step-by-step form's."""
+    gen = torch.Generator(device="cuda").manual_seed(T)
+    b, D, N = 2, 160, 16  # 10 channel blocks of 16
+    x = {
+        "u": torch.randn(b, T, D, device="cuda", generator=gen),
+        "delta": torch.randn(b, T, D, device="cuda", generator=gen) * 0.5 - 1.0,
+        "A": -torch.rand(D, N, device="cuda", generator=gen) - 0.1,
+        "B": torch.randn(b, T, N, device="cuda", generator=gen),
+        "C": torch.randn(b, T, N, device="cuda", generator=gen),
+        "D": torch.randn(D, device="cuda", generator=gen),
+        "z": torch.randn(b, T, D, device="cuda", generator=gen),
+        "delta_bias": torch.randn(D, device="cuda", generator=gen) * 0.1,
+        "initial_state": torch.randn(b, D, N, device="cuda", generator=gen),
+    }
+    x = {k: (v if k == "A" else v.to(dtype)).requires_grad_(True) for k, v in x.items()}
+    x64 = {k: v.detach().double() for k, v in x.items()}
+    o64, l64 = ti.selective_scan_chunked(**x64, delta_softplus=True, return_last_state=True)
+    with runtime.poison_outputs():
+        out, last = tk.selective_scan_blockwise(**x, delta_softplus=True, return_last_state=True)
+        out_s, last_s = tk.selective_scan(**x, delta_softplus=True, return_last_state=True)
+    name = str(dtype).replace("torch.", "")
+    assert out.dtype == dtype and rel_error(out, o64) < TOLERANCE[name]
+    assert rel_error(last, l64) < TOL32
+    assert rel_error(out.float(), out_s.float()) < TOLERANCE[name]
+    assert rel_error(last, last_s.double()) < TOL32
+    gout = torch.randn(out.shape, device="cuda", generator=gen, dtype=torch.float32)
+    got = torch.autograd.grad((out.float() * gout).sum(), list(x.values()))
+    want = torch.autograd.grad((out_s.float() * gout).sum(), list(x.values()))
+    for k, g, w in zip(x, got, want, strict=True):
+        assert g.dtype == x[k].dtype and rel_error(g.float(), w.float()) < TOLERANCE[name], k
