@@ -3,36 +3,63 @@
 # Run from the repository root on a CUDA machine with the course installed. Peers are
 # timed when importable: fla-core (pip install fla-core) and mamba_ssm's CUDA selective
 # scan (the `selective_scan_cuda` extension of mamba_ssm, on PYTHONPATH).
-#   usage: benchmarks/h200.sh [OUT_DIR] [part...]   parts: tests attention fwdbwd ssm decode
+#
+#   usage: benchmarks/h200.sh [OUT_DIR] [part...]
+#   parts: tests attention_fwd attention_fwdbwd attention_torch ssm ssm_family decode
+#          notebooks mqar
+#
+# Each part writes its own folder under OUT_DIR and is sized to finish in under ten
+# minutes on an H200, so the parts can be spread over several short sessions. The
+# benchmark saves results.json after every series (`complete: false` until it ends), so a
+# part stopped by a time limit still leaves what it measured. Set PART_TIMEOUT (seconds)
+# to bound each part.
 set -uo pipefail
 OUT=${1:-benchmarks/results/h200}
 shift || true
-PARTS=${*:-tests attention fwdbwd ssm decode}
+PARTS=${*:-tests attention_fwd attention_fwdbwd attention_torch ssm ssm_family decode}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-LENGTHS="1024 2048 4096 8192 16384 32768 65536"
-ATTN="--batch 4 --heads 16 --head-dim 128 --dtype bfloat16 --device cuda --backends torch triton --budget-ms 3000 --no-progress"
+LIMIT=${PART_TIMEOUT:-590}
+LENGTHS="512 1024 2048 4096 8192 16384 32768 65536"
+ATTN="--batch 4 --heads 16 --head-dim 128 --dtype bfloat16 --device cuda --budget-ms 3000 --no-progress"
+ATTN_MECHS="softmax_attention linear_attention gated_linear_attention"
+SSM="--batch 4 --channels 2048 --d-state 16 --heads 16 --head-dim 128 --dtype bfloat16 --device cuda --budget-ms 3000 --no-progress"
+bench() { local name=$1; shift; timeout "$LIMIT" $PY -m course_lib.bench "$@" --out "$OUT/$name" 2>&1 | tee "$OUT/$name.log" | tail -40; }
 for part in $PARTS; do
+  echo "== $part ($(date -u +%H:%M:%S))"
   case $part in
-    tests)  $PY -m pytest tests -m gpu -q -p no:nbval -p no:cacheprovider -n 8 --dist loadfile 2>&1 | tail -25 ;;
-    attention)
-      $PY -m course_lib.bench $ATTN --lengths $LENGTHS --mode fwd \
-        --mechanisms softmax_attention linear_attention gated_linear_attention \
-        --cases causal plain scalar vector --out "$OUT/attention_fwd" 2>&1 | tail -40 ;;
-    fwdbwd)
-      $PY -m course_lib.bench $ATTN --lengths $LENGTHS --mode fwdbwd \
-        --mechanisms softmax_attention linear_attention gated_linear_attention \
-        --cases causal plain scalar vector --out "$OUT/attention_fwdbwd" 2>&1 | tail -40 ;;
-    ssm)
-      $PY -m course_lib.bench --batch 4 --channels 2048 --d-state 16 --dtype bfloat16 \
-        --device cuda --backends torch triton --budget-ms 3000 --no-progress \
-        --lengths 1024 2048 4096 8192 16384 32768 --mode fwd --mechanisms selective_scan \
-        --cases full plain --out "$OUT/selective_scan_fwd" 2>&1 | tail -30 ;;
-    decode)
-      $PY -m course_lib.bench $ATTN --lengths 1024 4096 16384 65536 --decode --mode fwd \
-        --mechanisms softmax_attention linear_attention gated_linear_attention selective_scan \
-        --out "$OUT/decode" 2>&1 | tail -30 ;;
+    tests)  # every gpu-marked test: the kernels compiled, at real sizes and low precision
+      timeout "$LIMIT" $PY -m pytest tests -m gpu -v -p no:nbval -p no:cacheprovider -n 6 \
+        --dist load --timeout 150 --tb=short > "$OUT/gpu_tests.log" 2>&1
+      tail -15 "$OUT/gpu_tests.log" ;;
+    attention_fwd)  # the Triton kernels and the peers (SDPA, fla), forward, T = 512..65536
+      bench attention_fwd $ATTN --lengths $LENGTHS --mode fwd --mechanisms $ATTN_MECHS \
+        --backends triton --cases causal plain scalar vector ;;
+    attention_fwdbwd)
+      bench attention_fwdbwd $ATTN --lengths $LENGTHS --mode fwdbwd --mechanisms $ATTN_MECHS \
+        --backends triton --cases causal plain scalar vector ;;
+    attention_torch)  # the PyTorch forms a learner trains with (no peers: timed above)
+      bench attention_torch $ATTN --lengths 512 1024 2048 4096 8192 16384 --mode both \
+        --mechanisms $ATTN_MECHS --backends torch --forms parallel tiled chunkwise \
+        --cases causal plain scalar --no-peers ;;
+    ssm)  # selective scan: Triton forms beside mamba_ssm's CUDA kernel
+      bench ssm $SSM --lengths 1024 2048 4096 8192 16384 32768 65536 --mode both \
+        --mechanisms selective_scan --backends triton torch --forms scan block_scan chunked \
+        --cases full plain ;;
+    ssm_family)  # LTI SSM, H3, SSD duality, the Mamba block (PyTorch)
+      bench ssm_family $SSM --lengths 1024 2048 4096 8192 16384 32768 65536 --mode both \
+        --mechanisms lti_ssm h3 ssd mamba_block --backends torch --forms fft gla scan forward \
+        --cases diag_complex heads default --no-peers ;;
+    decode)  # per-token latency and cache/state memory against position
+      bench decode $ATTN --lengths 1024 4096 16384 65536 --decode --mode fwd --no-peers \
+        --mechanisms $ATTN_MECHS selective_scan --backends triton ;;
+    notebooks)  # every chapter top to bottom, compiled kernels, one at a time
+      $PY -m course_lib.notebook_tools run notebooks/*.ipynb --timeout 300 \
+        2>&1 | grep -v IPKernelApp | tee "$OUT/notebooks_run.txt" ;;
+    mqar)  # the recorded MQAR grid of chapter 10 (see course_lib/tasks/experiment.py)
+      timeout "$LIMIT" $PY -m course_lib.tasks.experiment --config gpu --resume \
+        --out "$OUT/../mqar_h200" 2>&1 | tail -5 ;;
     *) echo "unknown part $part" ;;
   esac
 done
