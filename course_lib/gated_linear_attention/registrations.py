@@ -57,14 +57,35 @@ def triton_chunk(
 ) -> tuple[Any, Any]:
     """The common signature over the Triton kernels: a ``[B, T, H]`` gate goes to
     ``chunk_simple_gla``, a ``[B, T, H, K]`` gate to ``chunk_gla``."""
+    return _triton_dispatch(q, k, v, gk, gv, scale, initial_state, output_final_state, "")
+
+
+def triton_fused_chunk(
+    q: Any,
+    k: Any,
+    v: Any,
+    gk: Any = None,
+    gv: Any = None,
+    scale: float | None = None,
+    initial_state: Any = None,
+    output_final_state: bool = False,
+) -> tuple[Any, Any]:
+    """As :func:`triton_chunk` with the fused forward: ``fused_chunk_simple_gla`` for a
+    ``[B, T, H]`` gate, ``fused_chunk_gla`` for a ``[B, T, H, K]`` gate."""
+    return _triton_dispatch(q, k, v, gk, gv, scale, initial_state, output_final_state, "fused_")
+
+
+def _triton_dispatch(q, k, v, gk, gv, scale, initial_state, output_final_state, prefix):
     from course_lib.gated_linear_attention import triton_kernels as tk
 
     if gv is not None:
         raise ValueError("gv: the Triton kernels take key-side gates only (gv must be None)")
     if gk is not None and gk.dim() == 3:
-        return tk.chunk_simple_gla(q, k, v, gk, scale, initial_state, output_final_state)
+        fn = getattr(tk, f"{prefix}chunk_simple_gla")
+        return fn(q, k, v, gk, scale, initial_state, output_final_state)
     if gk is not None and gk.dim() == 4:
-        return tk.chunk_gla(q, k, v, gk, scale, initial_state, output_final_state)
+        fn = getattr(tk, f"{prefix}chunk_gla")
+        return fn(q, k, v, gk, scale, initial_state, output_final_state)
     raise ValueError("gk must have shape [B, T, H] or [B, T, H, K] for the Triton kernels")
 
 
@@ -107,6 +128,17 @@ register(
         "triton",
         "chunk",
         f"{_MOD}.registrations:triton_chunk",
+        cases=("scalar", "vector"),
+        differentiable=True,
+    )
+)
+
+register(
+    Impl(
+        "gated_linear_attention",
+        "triton",
+        "fused_chunk",
+        f"{_MOD}.registrations:triton_fused_chunk",
         cases=("scalar", "vector"),
         differentiable=True,
     )

@@ -1,4 +1,4 @@
-"""Chunkwise gated linear attention in Triton: forward, backward and one decoding step.
+"""Chunkwise gated linear attention in Triton: two forward forms, backward, one decoding step.
 
 Glossary of dimension letters:
 
@@ -28,6 +28,28 @@ chunk's [BT, BT] decay mask ``D_ij = e^{b_i - b_j}``, one product per chunk.
 Forward kernels, in launch order: ``_chunk_cumsum_kernel`` (b), ``_fwd_states_kernel``
 (the sequential scan over chunks that stores every h_n in fp32), ``_fwd_intra_kernel`` or
 ``_fwd_intra_scalar_kernel`` (A, fp32), ``_fwd_output_kernel`` (o).
+
+The fused forward (form ``fused_chunk``: :func:`fused_chunk_gla`,
+:func:`fused_chunk_simple_gla`). The four-kernel forward writes every h_n in fp32,
+``N K V`` numbers per head: at B=4, H=16, K=V=128, T=65536 that is 4.3 GB written by
+the state scan and read back by the output kernel, more than q, k, v, g and o together.
+The fused form keeps ``_chunk_cumsum_kernel`` and, for a vector gate,
+``_fwd_intra_kernel`` (A in parallel over chunks, with the safe sub-chunk split), then
+``_fused_fwd_kernel``: one program per (V-block, batch*head) walks the chunks in order
+with the state block ``S [BK, BV]`` in fp32 registers and for every chunk::
+
+    o = scale * [(q ⊙ e^b) S + A v]          A read (vector gate) or (q k^T) ⊙ D (scalar)
+    S <- e^{b_L} ⊙ S + (k ⊙ e^{b_L - b})^T v  (every exponent <= 0, as above)
+
+storing o and, once at the end, the final state; no h_n ever reaches memory. What is
+left sequential is the chain of S updates; the loads of chunk n + 1 do not depend on S,
+so the software pipeliner fetches them while chunk n computes (``num_stages``). There
+are only ``(V / BV) B H`` programs (128 at B=4, H=16, K=V=128: about one per SM), so the
+form suits many heads; with few heads and long T the chunkwise form spreads its output
+work over the chunks instead. The vector gate still moves A (``BT`` fp32 numbers a row,
+written once and read once per V-block) and b (fp32); the scalar gate needs neither.
+The backward recomputes hs with ``_fwd_states_kernel`` and A, then runs the backward
+below unchanged: one more pass over k, v in exchange for never storing hs in the forward.
 
 Backward, given ``do`` and the gradient ``dh_T`` of the final state (kernels
 ``_bwd_states_kernel``, ``_bwd_dA_kernel``, ``_bwd_dv_kernel``, ``_bwd_dqdk_kernel`` or
@@ -79,6 +101,35 @@ CONFIG = {
     "BK_dqdk_scalar": 64,  # key columns per program of the scalar-gate dq/dk kernel
     "decode_BV": 32,
     "decode_warps": 4,
+    # The fused forward (form "fused_chunk", _fused_fwd_kernel): one program per (V-block,
+    # batch*head), so (V / BV) * B * H programs: BV = 64 at K = V = 128, B = 4, H = 16
+    # gives 128 programs, about one per SM of the H200's 132 (BV = 128 would halve that).
+    # The state block [BK, BV] stays in fp32 registers: 128 x 64 fp32 is 32 registers a
+    # thread over 8 warps; K = 256 halves BV to 32 to keep the same budget.
+    # Beside S a chunk holds q, k, (vector gate) b and the scaled q ⊙ e^b, k ⊙ e^{b_L - b}
+    # as [BT, BK] tiles, so 8 warps once such a tile exceeds 64 x 64 ("tile_wide") spread
+    # them over twice the registers (sm_90 builds with triton 3.6, bf16, K = 128, BT = 64:
+    # 255 registers and a 16 B / 0 B stack frame for the vector / scalar gate with 8 warps,
+    # 208 B / 232 B with 4).
+    # The loads of chunk n + 1 do not depend on S, so the software pipeliner can fetch
+    # them while chunk n computes: as many stages as fit "stage_bytes" together (a stage:
+    # q, k in the input dtype, plus b and A in fp32 for a vector gate), at most
+    # "num_stages", at least 1 (no pipelining). bf16, K = 128, BT = 64: a vector-gate
+    # stage is 80 KB -> 2 stages, a scalar-gate stage 32 KB -> 3. Shared memory of the
+    # sm_90 builds (triton 3.6, compiled ahead of time without a GPU, 16-byte aligned
+    # pointers): 66 KB and 108 KB there (a third vector-gate stage would fit, 108 KB; not
+    # timed); the largest at BT = 64 is 172 KB (fp32, K = 256, scalar gate). Every shape
+    # stays under the 227 KB a block may use, except fp32 with K = 256 and BT = 128 under
+    # a scalar gate (305 KB), which the chunkwise form's intra kernel exceeds as well.
+    "fused": {
+        "BV": 64,
+        "BV_K256": 32,
+        "num_warps": 4,
+        "num_warps_wide": 8,
+        "tile_wide": 64 * 64,
+        "num_stages": 3,
+        "stage_bytes": 160 * 1024,
+    },
 }
 
 
@@ -337,6 +388,82 @@ def _fwd_output_kernel(
         (o * scale).to(o_ptr.dtype.element_ty),
         mask=omask,
     )
+
+
+@triton.jit
+def _fused_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    gc_ptr,
+    A_ptr,
+    h0_ptr,
+    o_ptr,
+    ht_ptr,
+    scale,
+    T,
+    H,
+    K,
+    V,
+    N,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    SCALAR: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_HT: tl.constexpr,
+):
+    """For n = 0 .. N-1, with S = h_n in fp32 registers (never stored per chunk):
+    o = scale * [(q ⊙ e^b) S + A v], then S <- e^{b_L} ⊙ S + (k ⊙ e^{b_L - b})^T v.
+    A is read from memory (vector gate, [B, T, H, BT] fp32) or computed here as
+    (q k^T) ⊙ D (scalar gate). Grid (cdiv(V, BV), B*H)."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    cols_k = tl.arange(0, BK)
+    cols_v = i_v * BV + tl.arange(0, BV)
+    cols_t = tl.arange(0, BT)
+    kbase = (i_b * T * H + i_h).to(tl.int64) * K
+    vbase = (i_b * T * H + i_h).to(tl.int64) * V
+    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
+    abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    smask = (cols_k[:, None] < K) & (cols_v[None, :] < V)
+    soffs = cols_k[:, None] * V + cols_v[None, :]  # [BK, BV] inside one K x V state
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        S += tl.load(h0_ptr + i_bh.to(tl.int64) * K * V + soffs, mask=smask, other=0.0).to(
+            tl.float32
+        )
+    for i_n in range(N):
+        # loads that do not depend on S: the pipeliner may issue them a chunk early
+        rows = i_n * BT + cols_t
+        last = tl.minimum(i_n * BT + BT, T) - 1
+        q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
+        k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
+        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)  # [BT, BV]
+        if SCALAR:
+            b = tl.load(gc_ptr + gbase + rows * H, mask=rows < T, other=0.0)  # [BT]
+            b_last = tl.load(gc_ptr + gbase + last * H)
+            A = tl.dot(q, tl.trans(k)) * _scalar_decay(b, rows, T, BT)  # [BT, BT] fp32
+            qg = (q * tl.exp(b)[:, None]).to(v.dtype)
+            k_dec = (k * tl.exp(tl.minimum(b_last - b, 0.0))[:, None]).to(v.dtype)
+            decay = tl.exp(b_last) + tl.zeros([BK], dtype=tl.float32)  # [BK]
+        else:
+            b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BT, BK]
+            b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)  # [BK]
+            A = _load_rows(A_ptr + abase, rows, T, cols_t, BT, H * BT, 0.0)  # [BT, BT]
+            qg = (q * tl.exp(b)).to(v.dtype)
+            k_dec = (k * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(v.dtype)
+            decay = tl.exp(b_last)  # [BK]
+        o = tl.dot(qg, S.to(v.dtype))
+        o = tl.dot(A.to(v.dtype), v, o)  # [BT, BV] fp32
+        tl.store(
+            o_ptr + vbase + rows[:, None] * H * V + cols_v[None, :],
+            (o * scale).to(o_ptr.dtype.element_ty),
+            mask=(rows[:, None] < T) & (cols_v[None, :] < V),
+        )
+        S = S * decay[:, None] + tl.dot(tl.trans(k_dec), v)  # h_{n+1}
+    if STORE_HT:
+        tl.store(ht_ptr + i_bh.to(tl.int64) * K * V + soffs, S, mask=smask)
 
 
 @triton.jit
@@ -820,18 +947,35 @@ def _sizes(q, v, BT):
     return B, T, H, K, V, triton.cdiv(T, BT)
 
 
-def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
-    """Forward stages; returns o, the final state (or None) and what backward needs."""
-    BC, BV = min(CONFIG["BC"], BT), CONFIG["BV"]
-    B, T, H, K, V, N = _sizes(q, v, BT)
+def _blocks(K, V):
+    """(BK, BV) of the chunkwise kernels: K padded to a power of two, V blocked."""
     BK = _pow2(K)
-    BVb = min(BV if BK <= 128 else CONFIG["BV_K256"], _pow2(V))
-    dev = q.device
-    f32 = torch.float32
-    gc = runtime.new_empty(tuple(g.shape), dtype=f32, device=dev)
-    _chunk_cumsum_kernel[(N, B * H)](g, gc, T, H, K, BT=BT, BK=BK, SCALAR=scalar)
-    hs = runtime.new_empty((B, H, N, K, V), dtype=f32, device=dev)
-    ht = runtime.new_empty((B, H, K, V), dtype=f32, device=dev) if output_final_state else None
+    BV = min(CONFIG["BV"] if BK <= 128 else CONFIG["BV_K256"], _pow2(V))
+    return BK, BV
+
+
+def _cumsum(g, scalar, BT):
+    """Within-chunk cumulative log gates b (fp32, g's shape)."""
+    B, T, H = g.shape[:3]
+    K = 1 if scalar else g.shape[3]
+    gc = runtime.new_empty(tuple(g.shape), dtype=torch.float32, device=g.device)
+    _chunk_cumsum_kernel[(triton.cdiv(T, BT), B * H)](
+        g, gc, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar
+    )
+    return gc
+
+
+def _states(k, v, gc, h0, output_final_state, scalar, BT):
+    """Every chunk's entering state hs [B, H, N, K, V] fp32, and the final state or None."""
+    B, T, H, K, V, N = _sizes(k, v, BT)
+    BK, BVb = _blocks(K, V)
+    dev = k.device
+    hs = runtime.new_empty((B, H, N, K, V), dtype=torch.float32, device=dev)
+    ht = (
+        runtime.new_empty((B, H, K, V), dtype=torch.float32, device=dev)
+        if output_final_state
+        else None
+    )
     _fwd_states_kernel[(triton.cdiv(V, BVb), B * H)](
         k,
         v,
@@ -853,7 +997,15 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         num_warps=CONFIG["warps_state"],
         num_stages=CONFIG["stages"],
     )
-    A = runtime.new_empty((B, T, H, BT), dtype=f32, device=dev)
+    return hs, ht
+
+
+def _intra(q, k, gc, scalar, BT):
+    """The intra-chunk matrix A [B, T, H, BT] fp32 (zeros above the diagonal)."""
+    B, T, H, K = q.shape
+    N = triton.cdiv(T, BT)
+    BC = min(CONFIG["BC"], BT)
+    A = runtime.new_empty((B, T, H, BT), dtype=torch.float32, device=q.device)
     if scalar:  # one [BT, BT] product per chunk
         grid, kernel, kw = (N, B * H), _fwd_intra_scalar_kernel, {}
     else:  # sub-chunk tiles (module docstring)
@@ -867,12 +1019,22 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         H,
         K,
         BT=BT,
-        BK=BK,
+        BK=_pow2(K),
         num_warps=CONFIG["warps_chunk"],
         num_stages=CONFIG["stages"],
         **kw,
     )
-    o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
+    return A
+
+
+def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
+    """Forward stages; returns o, the final state (or None) and what backward needs."""
+    B, T, H, K, V, N = _sizes(q, v, BT)
+    BK, BVb = _blocks(K, V)
+    gc = _cumsum(g, scalar, BT)
+    hs, ht = _states(k, v, gc, h0, output_final_state, scalar, BT)
+    A = _intra(q, k, gc, scalar, BT)
+    o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=q.device)
     _fwd_output_kernel[(triton.cdiv(V, BVb), N, B * H)](
         q,
         v,
@@ -1028,6 +1190,91 @@ class _ChunkGLA(torch.autograd.Function):
         return (dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None)
 
 
+def _fused_launch_config(BT, BK, esize, scalar):
+    """(num_warps, num_stages) of ``_fused_fwd_kernel`` from ``CONFIG["fused"]``: as many
+    pipelined chunks of loads as fit ``stage_bytes``, at least 1 (no pipelining) and at
+    most ``num_stages``. A stage holds q and k (and for a vector gate b and A in fp32)."""
+    cfg = CONFIG["fused"]
+    stage = 2 * BT * BK * esize  # q and k of one chunk
+    if not scalar:
+        stage += BT * (BK + BT) * 4  # b [BT, BK] and A [BT, BT], fp32
+    num_stages = max(1, min(cfg["num_stages"], cfg["stage_bytes"] // stage))
+    num_warps = cfg["num_warps"] if BT * BK <= cfg["tile_wide"] else cfg["num_warps_wide"]
+    return num_warps, num_stages
+
+
+def _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT):
+    """o and the final state (or None) in one walk over the chunks (``_fused_fwd_kernel``);
+    ``A`` is the vector gate's intra-chunk matrix (None for a scalar gate)."""
+    B, T, H, K, V, N = _sizes(q, v, BT)
+    cfg = CONFIG["fused"]
+    BK = _pow2(K)
+    BVb = min(cfg["BV"] if BK <= 128 else cfg["BV_K256"], _pow2(V))
+    num_warps, num_stages = _fused_launch_config(BT, BK, q.element_size(), scalar)
+    dev = q.device
+    o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
+    ht = (
+        runtime.new_empty((B, H, K, V), dtype=torch.float32, device=dev)
+        if output_final_state
+        else None
+    )
+    _fused_fwd_kernel[(triton.cdiv(V, BVb), B * H)](
+        q,
+        k,
+        v,
+        gc,
+        A if A is not None else gc,
+        h0 if h0 is not None else gc,
+        o,
+        ht if ht is not None else o,
+        scale,
+        T,
+        H,
+        K,
+        V,
+        N,
+        BT=BT,
+        BK=BK,
+        BV=BVb,
+        SCALAR=scalar,
+        HAS_H0=h0 is not None,
+        STORE_HT=ht is not None,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return o, ht
+
+
+class _FusedChunkGLA(torch.autograd.Function):
+    """Forward: cumsum, (vector gate) A, then the fused walk; no per-chunk states stored.
+    Backward: recompute hs (``_fwd_states_kernel``) and A, then the chunkwise backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
+        gc = _cumsum(g, scalar, BT)
+        A = None if scalar else _intra(q, k, gc, scalar, BT)
+        o, ht = _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT)
+        ctx.BT = BT
+        ctx.save_for_backward(q, k, v, gc, h0, ht)
+        ctx.scale, ctx.scalar = scale, scalar
+        ctx.g_dtype = g.dtype
+        ctx.h0_dtype = h0.dtype if h0 is not None else None
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gc, h0, ht = ctx.saved_tensors
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        hs, _ = _states(k, v, gc, h0, False, ctx.scalar, ctx.BT)  # [B, H, N, K, V] fp32
+        A = _intra(q, k, gc, ctx.scalar, ctx.BT)  # [B, T, H, BT] fp32
+        dq, dk, dv, dg, dh0 = _chunk_backward(
+            q, k, v, gc, hs, A, do, dht, ht, ctx.scale, h0 is not None, ctx.scalar, ctx.BT
+        )
+        dh0 = dh0.to(ctx.h0_dtype) if dh0 is not None else None
+        return (dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None)
+
+
 def _check_log_gate_fast(name: str, g: torch.Tensor) -> None:
     """``checks.check_log_gate`` in one pass over the gate (a min/max reduction, NaN-
     propagating), falling back to it for the message when something is wrong. At T = 64k
@@ -1038,7 +1285,9 @@ def _check_log_gate_fast(name: str, g: torch.Tensor) -> None:
         checks.check_log_gate(name, g.detach())
 
 
-def _launch(q, k, v, g, scale, initial_state, output_final_state, scalar, name, chunk_size):
+def _launch(
+    q, k, v, g, scale, initial_state, output_final_state, scalar, name, chunk_size, fused=False
+):
     chunk_size = CONFIG["BT"] if chunk_size is None else chunk_size
     chunk_size = checks.check_positive_int("chunk_size", chunk_size)
     if chunk_size not in (16, 32, 64, 128):
@@ -1055,7 +1304,8 @@ def _launch(q, k, v, g, scale, initial_state, output_final_state, scalar, name, 
     scale = dims["K"] ** -0.5 if scale is None else float(scale)
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
-    o, ht = _ChunkGLA.apply(q, k, v, g, scale, h0, bool(output_final_state), scalar, chunk_size)
+    function = _FusedChunkGLA if fused else _ChunkGLA
+    o, ht = function.apply(q, k, v, g, scale, h0, bool(output_final_state), scalar, chunk_size)
     return o, (ht if output_final_state else None)
 
 
@@ -1112,6 +1362,65 @@ def chunk_simple_gla(
         True,
         "chunk_simple_gla",
         chunk_size,
+    )
+
+
+def fused_chunk_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`chunk_gla` (vector gate ``g [B, T, H, K]``) with the fused forward: one
+    program per (V-block, batch*head) walks the chunks with the state in registers and
+    never stores per-chunk states (module docstring). Same arguments, results, dtypes
+    and gradients; the backward recomputes the states and runs the chunkwise backward.
+    """
+    return _launch(
+        q,
+        k,
+        v,
+        g,
+        scale,
+        initial_state,
+        output_final_state,
+        False,
+        "fused_chunk_gla",
+        chunk_size,
+        fused=True,
+    )
+
+
+def fused_chunk_simple_gla(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`chunk_simple_gla` (scalar gate ``g [B, T, H]``) with the fused forward; the
+    intra-chunk matrix ``A = (q k^T) ⊙ D`` is computed inside the walk, so the forward is
+    two kernels (cumsum, walk). Same arguments, results, dtypes and gradients.
+    """
+    return _launch(
+        q,
+        k,
+        v,
+        g,
+        scale,
+        initial_state,
+        output_final_state,
+        True,
+        "fused_chunk_simple_gla",
+        chunk_size,
+        fused=True,
     )
 
 

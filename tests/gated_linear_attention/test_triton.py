@@ -35,12 +35,13 @@ def _draw(B, T, H, K, V, scalar, seed=0, low=-1.0):
     }
 
 
-def _reference(x, do, dht):
-    """float64: numpy outputs, torch (float64, autograd) gradients of <o, do> + <h_T, dht>."""
+def _reference(x, do, dht, device="cpu", chunk_size=8):
+    """float64: numpy outputs, torch (float64, autograd) gradients of <o, do> + <h_T, dht>.
+    Long GPU tests run the torch part on the GPU (still float64) with longer chunks."""
     o, ht = R.gated_linear_attention_recurrent(
         x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"], output_final_state=True
     )
-    t = {n: torch.from_numpy(a).requires_grad_(True) for n, a in x.items()}
+    t = {n: torch.from_numpy(a).to(device).requires_grad_(True) for n, a in x.items()}
     o_t, ht_t = P.gated_linear_attention_chunkwise(
         t["q"],
         t["k"],
@@ -48,21 +49,22 @@ def _reference(x, do, dht):
         t["g"],
         initial_state=t["h0"],
         output_final_state=True,
-        chunk_size=8,
+        chunk_size=chunk_size,
     )
-    loss = (o_t * torch.from_numpy(do)).sum() + (ht_t * torch.from_numpy(dht)).sum()
+    do_t, dht_t = torch.from_numpy(do).to(device), torch.from_numpy(dht).to(device)
+    loss = (o_t * do_t).sum() + (ht_t * dht_t).sum()
     grads = torch.autograd.grad(loss, list(t.values()))
-    return o, ht, [g.numpy() for g in grads]
+    return o, ht, [g.cpu().numpy() for g in grads]
 
 
-def _triton(x, do, dht, dtype, chunk_size):
+def _triton(x, do, dht, dtype, chunk_size, fused=False):
     t = {
         n: torch.from_numpy(a)
         .to(DEVICE, dtype if n in "qkv" else torch.float32)
         .requires_grad_(True)
         for n, a in x.items()
     }
-    fn = TK.chunk_simple_gla if x["g"].ndim == 3 else TK.chunk_gla
+    fn = _function(x["g"].ndim == 3, fused)
     with runtime.poison_outputs():
         o, ht = fn(
             t["q"],
@@ -80,15 +82,35 @@ def _triton(x, do, dht, dtype, chunk_size):
     return o, ht, grads
 
 
-def _check(B, T, H, K, V, scalar, chunk_size, dtype=torch.float32, seed=0, low=-1.0):
+def _function(scalar, fused):
+    if fused:
+        return TK.fused_chunk_simple_gla if scalar else TK.fused_chunk_gla
+    return TK.chunk_simple_gla if scalar else TK.chunk_gla
+
+
+def _check(
+    B,
+    T,
+    H,
+    K,
+    V,
+    scalar,
+    chunk_size,
+    dtype=torch.float32,
+    seed=0,
+    low=-1.0,
+    fused=False,
+    ref_on_device=False,
+):
     x = _draw(B, T, H, K, V, scalar, seed, low)
     for n in "qkv":  # the reference sees the inputs as rounded to the kernel's dtype
         x[n] = torch.from_numpy(x[n]).to(dtype).double().numpy()
     rng = np.random.default_rng(seed + 100)
     do = rng.standard_normal((B, T, H, V))
     dht = rng.standard_normal((B, H, K, V))
-    o_ref, ht_ref, g_ref = _reference(x, do, dht)
-    o, ht, grads = _triton(x, do, dht, dtype, chunk_size)
+    ref_args = (DEVICE, 64) if ref_on_device else ()
+    o_ref, ht_ref, g_ref = _reference(x, do, dht, *ref_args)
+    o, ht, grads = _triton(x, do, dht, dtype, chunk_size, fused)
     tol = TOLERANCE[str(dtype).replace("torch.", "")]
     names = ["o", "final state", "dq", "dk", "dv", "dg", "dh0"]
     for name, got, ref in zip(names, [o, ht, *grads], [o_ref, ht_ref, *g_ref], strict=True):
@@ -107,20 +129,31 @@ AWKWARD = [
 ]
 
 
-@pytest.mark.parametrize(
-    "size",
-    AWKWARD,
-    ids=lambda s: (
-        f"B{s[0]}T{s[1]}H{s[2]}K{s[3]}V{s[4]}" + ("-scalar" if s[5] else "-vector") + f"-C{s[6]}"
-    ),
-)
+def _awkward_id(s):
+    return f"B{s[0]}T{s[1]}H{s[2]}K{s[3]}V{s[4]}" + ("-scalar" if s[5] else "-vector") + f"-C{s[6]}"
+
+
+@pytest.mark.parametrize("size", AWKWARD, ids=_awkward_id)
 def test_chunk_matches_reference_with_gradients(size):
     _check(*size)
+
+
+@pytest.mark.parametrize("size", AWKWARD, ids=_awkward_id)
+def test_fused_chunk_matches_reference_with_gradients(size):
+    """The fused forward (state in registers) and its recomputing backward: outputs,
+    final state and all gradients, at the same awkward sizes."""
+    _check(*size, fused=True)
 
 
 def test_chunk_strong_decay_is_finite_and_correct():
     """Log gates near -20 per step over a chunk: exp(20 * 30) would overflow fp32."""
     _check(1, 30, 1, 16, 16, False, 32, low=-20.0)
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_fused_chunk_strong_decay_is_finite_and_correct(scalar):
+    """The fused walk's exponents stay <= 0 too: log gates near -20 per step."""
+    _check(1, 30, 1, 16, 16, scalar, 32, low=-20.0, fused=True)
 
 
 @pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
@@ -130,12 +163,34 @@ def test_chunk_fp16_inputs(scalar):
 
 
 @pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
-def test_chunk_without_states(scalar):
+def test_fused_chunk_fp16_inputs(scalar):
+    _check(1, 20, 1, 16, 16, scalar, 16, dtype=torch.float16, seed=5, fused=True)
+
+
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_fused_chunk_agrees_with_chunk_form(scalar):
+    """Both forms on the same fp32 inputs, two heads and three chunks with a tail:
+    outputs, final state and every gradient agree (the backward is shared code)."""
+    x = _draw(1, 36, 2, 20, 12, scalar, seed=11)
+    rng = np.random.default_rng(12)
+    do = rng.standard_normal((1, 36, 2, 12))
+    dht = rng.standard_normal((1, 2, 20, 12))
+    o_c, ht_c, g_c = _triton(x, do, dht, torch.float32, 16)
+    o_f, ht_f, g_f = _triton(x, do, dht, torch.float32, 16, fused=True)
+    names = ["o", "final state", "dq", "dk", "dv", "dg", "dh0"]
+    for name, a, b in zip(names, [o_f, ht_f, *g_f], [o_c, ht_c, *g_c], strict=True):
+        err = rel_error(a, b)
+        assert err <= TOLERANCE["float32"], f"{name}: fused vs chunk {err:.2e}"
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "fused"])
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_chunk_without_states(scalar, fused):
     """No initial state, no final state asked for: the other branches of the kernels."""
     x = _draw(1, 19, 1, 16, 8, scalar, seed=7)
     do = np.random.default_rng(8).standard_normal((1, 19, 1, 8))
     t = {n: torch.from_numpy(a).float().requires_grad_(True) for n, a in x.items()}
-    fn = TK.chunk_simple_gla if scalar else TK.chunk_gla
+    fn = _function(scalar, fused)
     with runtime.poison_outputs():
         o, ht = fn(t["q"], t["k"], t["v"], t["g"], chunk_size=16)
         grads = torch.autograd.grad((o * torch.from_numpy(do).float()).sum(), [t["q"], t["g"]])
@@ -147,19 +202,22 @@ def test_chunk_without_states(scalar):
         assert rel_error(got, want) <= TOLERANCE["float32"]
 
 
-def test_registry_wrapper_dispatch_and_rejects_gv():
-    from course_lib.gated_linear_attention.registrations import triton_chunk
+@pytest.mark.parametrize("form", ["triton_chunk", "triton_fused_chunk"])
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_registry_wrapper_dispatch_and_rejects_gv(form, scalar):
+    from course_lib.gated_linear_attention import registrations
 
-    x = _small(scalar=True)
-    o, _ = triton_chunk(x["q"], x["k"], x["v"], gk=x["g"])
+    wrapper = getattr(registrations, form)
+    x = _small(scalar=scalar)
+    o, _ = wrapper(x["q"], x["k"], x["v"], gk=x["g"])
     o_ref, _ = R.gated_linear_attention_recurrent(
         *(x[n].double().numpy() for n in ("q", "k", "v", "g"))
     )
     assert rel_error(o, o_ref) <= TOLERANCE["float32"]
     with pytest.raises(ValueError, match="gv"):
-        triton_chunk(x["q"], x["k"], x["v"], gk=x["g"], gv=x["v"] * 0 - 1)
+        wrapper(x["q"], x["k"], x["v"], gk=x["g"], gv=x["v"] * 0 - 1)
     with pytest.raises(ValueError, match="gk"):
-        triton_chunk(x["q"], x["k"], x["v"], gk=x["g"][0, 0])
+        wrapper(x["q"], x["k"], x["v"], gk=x["g"][0, 0])
 
 
 @pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
@@ -194,23 +252,26 @@ BAD_TRITON = {
 }
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "fused"])
 @pytest.mark.parametrize("bad", list(BAD_TRITON), ids=list(BAD_TRITON))
-def test_chunk_rejects_bad_inputs(bad):
+def test_chunk_rejects_bad_inputs(bad, fused):
     change, named = BAD_TRITON[bad]
     x = change(_small())
     with pytest.raises((ValueError, TypeError), match=named):
-        TK.chunk_gla(x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"])
+        _function(False, fused)(x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"])
 
 
-def test_chunk_rejects_bad_chunk_size_and_big_heads():
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "fused"])
+def test_chunk_rejects_bad_chunk_size_and_big_heads(fused):
     x = _small()
+    vector, scalar = _function(False, fused), _function(True, fused)
     with pytest.raises(ValueError, match="chunk_size"):
-        TK.chunk_gla(x["q"], x["k"], x["v"], x["g"], chunk_size=48)
+        vector(x["q"], x["k"], x["v"], x["g"], chunk_size=48)
     big = torch.zeros(1, 2, 1, 300)
     with pytest.raises(ValueError, match="256"):
-        TK.chunk_gla(big, big, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 300) - 0.1)
+        vector(big, big, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 300) - 0.1)
     with pytest.raises(ValueError, match="g"):  # a vector gate given to the scalar kernel
-        TK.chunk_simple_gla(x["q"], x["k"], x["v"], x["g"])
+        scalar(x["q"], x["k"], x["v"], x["g"])
 
 
 def test_fla_naive_gla_agrees_with_ours():
@@ -256,8 +317,45 @@ def test_gpu_long_sequence(scalar):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
-def test_gpu_matches_fla_chunk_kernels(scalar):
+@pytest.mark.parametrize("K", [64, 100, 128, 256])
+def test_gpu_fused_long_sequence(dtype, scalar, K):
+    """The fused form against the float64 reference at T = 4100 (65 chunks and a tail);
+    the reference's gradients run in float64 on the GPU (minutes on a CPU at K = 256)."""
+    V = 128 if K != 100 else 96
+    _check(1, 4100, 2, K, V, scalar, 64, dtype=dtype, seed=2, fused=True, ref_on_device=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+@pytest.mark.parametrize("K", [64, 100, 128, 256])
+def test_gpu_fused_matches_chunk_at_64k(dtype, scalar, K):
+    """T = 65536: the fused form against the chunkwise form (a float64 reference that long
+    is too slow on the CPU): outputs, final state and gradients. The chunkwise form is
+    checked against the reference at T = 4100 above; the two share the backward."""
+    V = 128 if K != 100 else 96
+    x = _draw(1, 65536, 2, K, V, scalar, seed=3)
+    rng = np.random.default_rng(4)
+    do = rng.standard_normal((1, 65536, 2, V))
+    dht = rng.standard_normal((1, 2, K, V))
+    chunk = _triton(x, do, dht, dtype, 64)
+    fused = _triton(x, do, dht, dtype, 64, fused=True)
+    tol = TOLERANCE[str(dtype).replace("torch.", "")]
+    names = ["o", "final state", "dq", "dk", "dv", "dg", "dh0"]
+    flat = [(n, a, b) for n, a, b in zip(names[:2], fused[:2], chunk[:2], strict=True)]
+    flat += list(zip(names[2:], fused[2], chunk[2], strict=True))
+    for name, a, b in flat:
+        assert torch.isfinite(a).all(), name
+        err = rel_error(a, b)
+        assert err <= tol, f"{name}: fused vs chunk {err:.2e} at T = 65536"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "fused"])
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+def test_gpu_matches_fla_chunk_kernels(scalar, fused):
     fla_gla = pytest.importorskip("fla.ops.gla")
     fla_simple = pytest.importorskip("fla.ops.simple_gla")
     x = _draw(2, 1000, 4, 128, 128, scalar)
@@ -265,7 +363,7 @@ def test_gpu_matches_fla_chunk_kernels(scalar):
         n: torch.from_numpy(a).cuda().to(torch.bfloat16 if n in "qkv" else torch.float32)
         for n, a in x.items()
     }
-    ours = (TK.chunk_simple_gla if scalar else TK.chunk_gla)(
+    ours = _function(scalar, fused)(
         t["q"], t["k"], t["v"], t["g"], initial_state=t["h0"], output_final_state=True
     )
     if scalar:
