@@ -137,6 +137,19 @@ CHUNK_SIZES = (16, 32, 64, 128)
 FUSED_MAX_K = 256  # beyond this the fused form falls back to the two-kernel path
 
 
+def _fused_fits(K: int, V: int, chunk_size: int, itemsize: int) -> bool:
+    """Whether the fused forward fits a shape: ``K <= FUSED_MAX_K`` and one (q, k, v) chunk
+    within ``CONFIG["fused"]["stage_bytes"]``. Compiled for sm_90 ahead of time (triton
+    3.6, ptxas), fp32 at K = 256 needed 237 KB of shared memory at C = 64 and 442 KB at
+    C = 128, over the H200's 227 KB per block; such shapes run the chunkwise kernels."""
+    if K > FUSED_MAX_K:
+        return False
+    cfg = CONFIG["fused"]
+    BK = _block(K, FUSED_MAX_K)
+    BV = _block(V, min(cfg["BV"], max(16, cfg["max_state"] // BK)))
+    return chunk_size * (2 * BK + BV) * itemsize <= cfg["stage_bytes"]
+
+
 @triton.jit
 def _chunk_state_kernel(
     a_ptr,  # [B, T, H, P]
@@ -678,7 +691,8 @@ def _run_form(
     _check_tensors(q=q, k=k, v=v)
     S0, z0 = _state_on(S0, q), _state_on(z0, q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    use_fused = fused and dims["K"] <= FUSED_MAX_K
+    V_run = dims["V"] + 1 if normalize else dims["V"]  # the normaliser adds a column
+    use_fused = fused and _fused_fits(dims["K"], V_run, chunk_size, q.element_size())
     function = _FusedChunkLinearAttention if use_fused else _ChunkLinearAttention
     if not normalize:
         S0 = S0.contiguous() if S0 is not None else None

@@ -122,6 +122,18 @@ def test_fused_chunk_wide_keys_fall_back() -> None:
     _check_against_float64(_tk().fused_chunk_linear_attention, (1, 17, 1, K, 8, False, True, 16))
 
 
+def test_fused_chunk_falls_back_where_shared_memory_would_overflow(monkeypatch) -> None:
+    """fp32 at K = 256 and C = 64 needs more than 227 KB of shared memory fused (sm_90
+    compile): the chunkwise kernels run instead, and the result is still right."""
+    tk = _tk()
+    assert tk._fused_fits(128, 128, 64, 2) and tk._fused_fits(256, 64, 32, 4)
+    assert not tk._fused_fits(256, 64, 64, 4) and not tk._fused_fits(260, 8, 16, 2)
+    launched = []
+    monkeypatch.setattr(tk, "_launch_fused", lambda *a, **kw: launched.append(1) / 0)
+    _check_against_float64(tk.fused_chunk_linear_attention, (1, 9, 1, 256, 16, False, True, 64))
+    assert not launched
+
+
 def _check_against_float64(fn, case, dtype=torch.float32) -> None:
     """``fn``'s outputs, final state and gradients against float64, at ``dtype``'s tolerance.
 
