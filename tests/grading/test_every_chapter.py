@@ -16,6 +16,7 @@ from course_lib.grading import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = catalog.chapters()
+MIN_CASES = {"05": 4, "06": 4}  # draws each check must grade (3 elsewhere)
 
 
 def test_thirty_exercises_in_chapters_01_to_09() -> None:
@@ -27,10 +28,16 @@ def test_thirty_exercises_in_chapters_01_to_09() -> None:
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_solution_full_marks_and_blank_zero(chapter: str, tmp_path: Path) -> None:
+    """On two seeds: every solution passes all of its cases (3 or more, see MIN_CASES); every blank
+    exercise scores zero and is reported as not done (not as wrong)."""
     solution = chapter_module("solutions", chapter, tmp_path)
     blank = chapter_module("exercises", chapter, tmp_path)
     for exercise in catalog.chapter_exercises(chapter):
-        good = exercise.run(getattr(solution, exercise.function), seed=3)
-        assert good.passed and good.points == good.max_points, good.report()
-        empty = exercise.run(getattr(blank, exercise.function), seed=3)
+        for seed in (0, 1):
+            good = exercise.run(getattr(solution, exercise.function), seed=seed)
+            assert good.passed and good.points == good.max_points, good.report()
+            need = MIN_CASES.get(chapter, 3)
+            assert good.cases >= need, f"{exercise.id}: {good.cases} cases, want {need}"
+        empty = exercise.run(getattr(blank, exercise.function), seed=0)
         assert empty.points == 0, empty.report()
+        assert empty.messages[0].startswith("not done yet"), empty.report()
