@@ -58,6 +58,12 @@ mixer per command so that each command fits in 10 minutes, all into the same fol
     python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers mamba
     python -m course_lib.tasks.experiment --config gpu --out $OUT --resume --mixers mamba+attention
 
+The tiny models leave most of an H200 idle, so the slices can also run side by side, each
+into its own folder, and be joined afterwards (``benchmarks/h200.sh`` part ``mqar`` does
+this; ``--resume`` from the joined file then trains only what is missing)::
+
+    python -m course_lib.tasks.experiment --config gpu --out $OUT --merge A/results.json B/results.json
+
 If a command is killed (a time limit), run the same command again: it trains only the runs
 of its mixer that are not in the file yet. A slice can also be split further, e.g.
 ``--mixers h3 --widths 32 64`` then ``--mixers h3 --widths 128``. The last command prints
@@ -547,6 +553,56 @@ def load_results(path: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text())
 
 
+def merge_results(paths: Sequence[str | Path], out_json: str | Path) -> dict[str, Any]:
+    """Join the runs of grid slices trained side by side (one command per mixer) into one file.
+
+    Every file must hold the same config (an error names the file and the options that
+    differ); a run may be in several files (slices resumed from one joined file) only with
+    the same record, otherwise it is an error. The runs are written in grid order with
+    ``complete`` recomputed; ``environment`` is the first file's, with ``merged_from`` (the
+    files) and ``total_seconds`` the longest slice's (the slices ran at the same time).
+    """
+    if not paths:
+        raise ValueError("paths must name at least one results.json to merge")
+    loaded = []
+    for p in paths:
+        stored = load_results(p)
+        if stored is None:
+            raise ValueError(f"paths: {p} holds no results.json")
+        loaded.append((Path(p), stored))
+    config = loaded[0][1]["config"]
+    mixers = config["mixers"]
+    order = {
+        _run_key(mixer_label(m), w, P): i
+        for i, (m, w, P) in enumerate(
+            (m, w, P) for m in mixers for w in config["widths"] for P in config["pair_counts"]
+        )
+    }
+    runs: dict[tuple[str, int, int], dict[str, Any]] = {}
+    for path, stored in loaded:
+        differences = _config_differences(stored["config"], config)
+        if differences:
+            raise ValueError(f"paths: {path} holds another config; it differs in "
+                             + "; ".join(differences))  # fmt: skip
+        for r in stored["runs"]:
+            key = _run_key(r["mixer"], r["width"], r["num_pairs"])
+            if key in runs and runs[key] != r:
+                raise ValueError(f"paths: the run {key} differs between two files ({path})")
+            runs[key] = r
+    env = dict(loaded[0][1]["environment"])
+    env["total_seconds"] = max(s["environment"].get("total_seconds", 0.0) for _, s in loaded)
+    env["merged_from"] = [str(p) for p, _ in loaded]
+    results = {
+        "environment": env,
+        "config": config,
+        "complete": all(key in runs for key in order),
+        "runs_expected": len(order),
+        "runs": [runs[key] for key in sorted(runs, key=order.__getitem__)],
+    }
+    write_results(results, out_json)
+    return results
+
+
 # --------------------------------------------------------------------------- tables and plots
 
 
@@ -691,8 +747,20 @@ def main(argv: list[str] | None = None) -> int:
         "--widths", nargs="+", type=int, default=None, metavar="D",
         help="train only these widths of the config",
     )  # fmt: skip
+    parser.add_argument(
+        "--merge", nargs="+", default=None, metavar="FILE",
+        help="train nothing: join these results.json files (slices run side by side) into OUT",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.merge:
+        results = merge_results(args.merge, out / "results.json")
+        paths = save_plots(results, out) if results["runs"] else []
+        state = "grid complete" if results["complete"] else "grid incomplete"
+        print(f"merged {len(args.merge)} files into {out / 'results.json'}: {state}, "
+              f"{len(results['runs'])} of {results['runs_expected']} runs")  # fmt: skip
+        return 0
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if _on_cuda(device):
@@ -703,7 +771,6 @@ def main(argv: list[str] | None = None) -> int:
         fields["steps"] = args.steps
     if args.max_seconds is not None:
         fields["max_seconds_per_run"] = args.max_seconds
-    out = Path(args.out)
     results = run_grid(
         **{k: fields.pop(k) for k in ("mixers", "widths", "pair_counts", "seq_len")},
         device=device,

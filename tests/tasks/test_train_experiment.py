@@ -20,6 +20,7 @@ from course_lib.tasks.experiment import (
     block_backends,
     build_model,
     load_results,
+    merge_results,
     main,
     mixer_label,
     run_grid,
@@ -358,3 +359,45 @@ def test_bad_mixer_is_named() -> None:
         mixer_label("transformer")
     with pytest.raises(ValueError, match="n_layers"):
         run_grid([["gla"]], [8], [1], seq_len=8, vocab_size=8, steps=1, progress=False)
+
+
+def test_slices_trained_apart_merge_into_the_whole_grid(tmp_path) -> None:
+    a = run_grid(TINY_MIXERS, out_json=tmp_path / "a/results.json", only_mixers=["attention"],
+                 **TINY)  # fmt: skip
+    b = run_grid(TINY_MIXERS, out_json=tmp_path / "b/results.json",
+                 only_mixers=["mamba+attention", "linear_attention"], **TINY)  # fmt: skip
+    parts = [tmp_path / "b/results.json", tmp_path / "a"]
+    merged = merge_results(parts, tmp_path / "m/results.json")
+    assert merged["complete"] and merged["runs_expected"] == 6
+    assert load_results(tmp_path / "m") == json.loads(json.dumps(merged))
+    keys = [(r["mixer"], r["num_pairs"]) for r in merged["runs"]]
+    assert keys == [(mixer_label(m), p) for m in TINY_MIXERS for p in (1, 2)]  # grid order
+    assert merged["runs"][:2] == a["runs"] and merged["runs"][2:] == b["runs"]
+    assert merged["environment"]["merged_from"] == [str(p) for p in parts]
+    # Resuming from the merged file trains nothing more.
+    again = run_grid(TINY_MIXERS, out_json=tmp_path / "m/results.json", resume=True, **TINY)
+    assert again["runs"] == merged["runs"]
+    # A slice made with another config, or one run in two files, is refused.
+    run_grid(["attention"], out_json=tmp_path / "c/results.json", **{**TINY, "steps": 3})
+    with pytest.raises(ValueError, match=r"paths: .*c.*steps"):
+        merge_results([tmp_path / "a", tmp_path / "c"], tmp_path / "x.json")
+    # The same run in two files is kept once when the records agree, refused when they don't.
+    assert merge_results([tmp_path / "a", tmp_path / "m"], tmp_path / "y.json")["runs"] == \
+        merged["runs"]
+    other = load_results(tmp_path / "a")
+    other["runs"][0]["accuracy"] += 0.5
+    experiment.write_results(other, tmp_path / "d/results.json")
+    with pytest.raises(ValueError, match="differs between two files"):
+        merge_results([tmp_path / "a", tmp_path / "d"], tmp_path / "x.json")
+    with pytest.raises(ValueError, match="paths: .*nothing"):
+        merge_results([tmp_path / "nothing"], tmp_path / "x.json")
+
+
+def test_cli_merge_joins_files_and_draws_the_plots(tmp_path, capsys) -> None:
+    run_grid(TINY_MIXERS, out_json=tmp_path / "a/results.json", only_mixers=["attention"], **TINY)
+    run_grid(TINY_MIXERS, out_json=tmp_path / "b/results.json",
+             only_mixers=["linear_attention"], **TINY)  # fmt: skip
+    out = tmp_path / "joined"
+    assert main(["--out", str(out), "--merge", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "grid incomplete, 4 of 6 runs" in capsys.readouterr().out
+    assert len(load_results(out)["runs"]) == 4 and (out / "recall_vs_pairs.png").exists()
