@@ -699,13 +699,31 @@ def _run_form(
         o, final = function.apply(q, k, v, S0, scale, output_final_state, chunk_size, q.dtype)
         return o, final
     V = dims["V"]
-    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # [B, T, H, V + 1]
-    S1 = None if S0 is None else torch.cat([S0, z0[..., None].to(S0.dtype)], -1)  # [.., V+1]
+    c = _normaliser_scale(k, z0)  # a power of two: z * c stays in fp16 range
+    v1 = torch.cat([v, c.to(v.dtype).expand_as(v[..., :1])], dim=-1)  # [B, T, H, V + 1]
+    S1 = None if S0 is None else torch.cat([S0, (z0 * c)[..., None].to(S0.dtype)], -1)
     o1, final = function.apply(
         q, k, v1, S1, scale, output_final_state, chunk_size, torch.float32
-    )  # o1 [B, T, H, V + 1] fp32: numerator and denominator
-    o = (o1[..., :V] / (o1[..., V:] + EPS)).to(q.dtype)
-    return o, (None if final is None else (final[..., :V], final[..., V]))
+    )  # o1 [B, T, H, V + 1] fp32: numerator and c * denominator
+    o = (o1[..., :V] / (o1[..., V:] / c + EPS)).to(q.dtype)
+    return o, (None if final is None else (final[..., :V], final[..., V] / c))
+
+
+def _normaliser_scale(k: torch.Tensor, z0: torch.Tensor | None) -> torch.Tensor:
+    """The largest power of two c <= 1 with c * |z_t| <= 2^15 for every t, where
+    z_t = z0 + sum_{s<=t} k_s.
+
+    The normaliser rides along as a column of ones beside V, so its running sum z sits in
+    the state, and the kernels cast the state to the input dtype for their matmuls: at T =
+    65536 z reaches ~T and overflows fp16 (max 65504). Scaling the column by c (exact: a
+    power of two) keeps it in range; c is divided out again. The column's gradient grows by
+    1/c on the way back, so c is no smaller than it must be. No host sync: c is a tensor.
+    """
+    with torch.no_grad():
+        bound = k.float().abs().sum(dim=1).amax()  # max over (B, H, K) of sum_t |k_t|
+        if z0 is not None:
+            bound = bound + z0.float().abs().amax()
+        return torch.exp2((15.0 - torch.ceil(torch.log2(bound.clamp(min=1.0)))).clamp(max=0))
 
 
 def chunk_linear_attention(

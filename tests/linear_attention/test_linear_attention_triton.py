@@ -335,6 +335,24 @@ def test_fused_chunk_sizes_on_gpu(C, K, V, dtype) -> None:
         assert rel_error(g, r) <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["chunkwise", "fused"])
+def test_fp16_normaliser_past_the_fp16_range(fused) -> None:
+    """The normaliser z = sum of keys grows with T; at T = 65536 (seen on the H200) it passed
+    fp16's 65504 inside the kernels and the outputs went to zero. Large keys reach that
+    range at T = 200: outputs, final (S, z) and gradients must still match float64."""
+    x = _draw(11, 1, 200, 1, 16, 16, normalize=True)
+    x["k"] = x["k"] * 400.0  # z ~ 200 * 440 per entry, past 65504
+    assert x["k"].sum(1).max() > 65504
+    fn = _tk().fused_chunk_linear_attention if fused else _tk().chunk_linear_attention
+    with runtime.poison_outputs():
+        outs, grads = _run(fn, x, True, True, torch.float16, chunk_size=32)
+    ref_outs, ref_grads = _run(torch_impl.linear_attention_chunkwise, x, True, True, torch.float64)
+    names = ["o", "S_T", "z_T", "dq", "dk", "dv", "dS0", "dz0"]
+    for name, g, r in zip(names, outs + grads, ref_outs + ref_grads, strict=True):
+        assert torch.isfinite(g).all(), name
+        assert rel_error(g, r) <= TOLERANCE["float16"], name
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("normalize", [False, True])
