@@ -32,7 +32,7 @@ def test_cell_seconds_reads_nbclient_timing() -> None:
 
 def test_failing_and_slow_notebooks_are_reported_and_the_run_goes_on(tmp_path, capsys) -> None:
     bad = _notebook(tmp_path / "a_bad.ipynb", "x = 1", "raise ValueError('broken on purpose')")
-    slow = _notebook(tmp_path / "b_slow.ipynb", "import time; time.sleep(30)")
+    slow = _notebook(tmp_path / "b_slow.ipynb", "z = 0", "import time; time.sleep(30)")
     good = _notebook(tmp_path / "c_good.ipynb", "import time; time.sleep(0.3)", "y = 2")
     seconds, error, cells = execute(bad, timeout=60, out_dir=None)
     assert "broken on purpose" in error and seconds > 0
@@ -41,5 +41,5 @@ def test_failing_and_slow_notebooks_are_reported_and_the_run_goes_on(tmp_path, c
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3
     assert "ERROR" in out[0] and "ValueError" in out[0]
-    assert "ERROR a cell ran longer than --timeout 3 s" in out[1]
+    assert "ERROR cell 1 ran longer than --timeout 3 s" in out[1]  # names the cell
     assert out[2].startswith(f"{good}: ") and "  ok" in out[2] and "slowest: cell 0" in out[2]

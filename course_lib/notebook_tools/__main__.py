@@ -71,7 +71,13 @@ def execute(
     except CellExecutionError as exc:
         error = str(exc).strip().splitlines()[-1]
     except CellTimeoutError:
-        error = f"a cell ran longer than --timeout {timeout} s"
+        started = [
+            i
+            for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and "iopub.execute_input" in c.metadata.get("execution", {})
+        ]
+        which = f"cell {started[-1]}" if started else "a cell"
+        error = f"{which} ran longer than --timeout {timeout} s"
     except DeadKernelError:
         error = "the kernel died (killed from outside, or out of memory)"
     seconds = time.perf_counter() - start
