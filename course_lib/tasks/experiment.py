@@ -62,7 +62,7 @@ The tiny models leave most of an H200 idle, so the slices can also run side by s
 into its own folder, and be joined afterwards (``benchmarks/h200.sh`` part ``mqar`` does
 this; ``--resume`` from the joined file then trains only what is missing)::
 
-    python -m course_lib.tasks.experiment --config gpu --out $OUT --merge A/results.json B/results.json
+    python -m course_lib.tasks.experiment --out $OUT --merge A/results.json B/results.json
 
 If a command is killed (a time limit), run the same command again: it trains only the runs
 of its mixer that are not in the file yet. A slice can also be split further, e.g.

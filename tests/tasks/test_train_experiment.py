@@ -20,8 +20,8 @@ from course_lib.tasks.experiment import (
     block_backends,
     build_model,
     load_results,
-    merge_results,
     main,
+    merge_results,
     mixer_label,
     run_grid,
     save_plots,
@@ -382,8 +382,10 @@ def test_slices_trained_apart_merge_into_the_whole_grid(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"paths: .*c.*steps"):
         merge_results([tmp_path / "a", tmp_path / "c"], tmp_path / "x.json")
     # The same run in two files is kept once when the records agree, refused when they don't.
-    assert merge_results([tmp_path / "a", tmp_path / "m"], tmp_path / "y.json")["runs"] == \
-        merged["runs"]
+    assert (
+        merge_results([tmp_path / "a", tmp_path / "m"], tmp_path / "y.json")["runs"]
+        == merged["runs"]
+    )
     other = load_results(tmp_path / "a")
     other["runs"][0]["accuracy"] += 0.5
     experiment.write_results(other, tmp_path / "d/results.json")
