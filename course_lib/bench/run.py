@@ -117,6 +117,10 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _to_numpy64(x: Any) -> Any:
+    """A tensor as float64 (complex128) numpy; a dict (a block's parameters) entry by entry."""
+    if isinstance(x, dict):
+        return {k: _to_numpy64(v) if _is_tensor(v) or isinstance(v, dict) else v
+                for k, v in x.items()}  # fmt: skip
     t = x.detach().cpu()
     return (t.to(dtype=_torch_dtype("complex128")) if t.is_complex() else t.double()).numpy()
 
@@ -246,7 +250,10 @@ def check_impl(
         args = draw_inputs(
             mech, sizes, case, backend=impl.backend, dtype=dtype, device=device, seed=seed
         )
-        ref_args = {k: _to_numpy64(v) if _is_tensor(v) else v for k, v in args.items()}
+        ref_args = {
+            k: _to_numpy64(v) if _is_tensor(v) or isinstance(v, dict) else v
+            for k, v in args.items()
+        }  # a block's parameter dict too: CUDA tensors inside it reach numpy otherwise
         ref = flatten(mech.reference_fn()(**ref_args))
         if impl.backend == "numpy":
             got = flatten(impl(**args))

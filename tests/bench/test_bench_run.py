@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import bench_fakes
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from course_lib import registry
+from course_lib.bench import run as run_mod
 from course_lib.bench import run_benchmark
 from course_lib.bench.decode import STEPS, kv_cache_step, run_decode
 from course_lib.bench.run import make_call
@@ -102,8 +104,6 @@ def test_interrupted_run_keeps_finished_series(
 ) -> None:
     """A run stopped from outside after its first series leaves that series on disk."""
     import json
-
-    from course_lib.bench import run as run_mod
 
     real_check = run_mod.check_impl
     checked: list[str] = []
@@ -228,3 +228,27 @@ def test_decode_cache_grows_state_does_not() -> None:
         assert all(math.isfinite(pts[(name, p)]["ms"]) for p in (4, 8))
         if name != kv:
             assert pts[(name, 4)]["state_bytes"] == pts[(name, 8)]["state_bytes"] > 0
+
+
+def test_the_reference_gets_numpy_also_inside_a_parameter_dict(monkeypatch) -> None:
+    """The Mamba block takes its weights as a dict of tensors; on CUDA the check failed with
+    "can't convert cuda:0 device type tensor to numpy" (seen on an H200), so the reference
+    must receive numpy arrays at every level."""
+    impl = next(i for i in registry.implementations("mamba_block") if i.backend == "torch")
+    mech = registry.mechanism("mamba_block")
+    real = mech.reference_fn()
+    seen: list[type] = []
+
+    def spy(**kwargs):
+        for v in kwargs.values():
+            leaves = v.values() if isinstance(v, dict) else [v]
+            seen.extend(type(x) for x in leaves if not isinstance(x, (int, float, str)))
+        return real(**kwargs)
+
+    spied = dataclasses.replace(mech)
+    object.__setattr__(spied, "reference_fn", lambda: spy)  # a frozen dataclass
+    monkeypatch.setattr(run_mod.registry, "mechanism", lambda name: spied)
+    sizes = Sizes(B=1, T=8, H=2, K=4, V=4, D=8, N=4)
+    result = run_mod.check_impl(impl, "default", sizes, dtype="float32", device="cpu")
+    assert result["error"] is None and result["ok"], result
+    assert seen and all(t is np.ndarray for t in seen), seen
