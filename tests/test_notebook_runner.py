@@ -43,3 +43,19 @@ def test_failing_and_slow_notebooks_are_reported_and_the_run_goes_on(tmp_path, c
     assert "ERROR" in out[0] and "ValueError" in out[0]
     assert "ERROR cell 1 ran longer than --timeout 3 s" in out[1]  # names the cell
     assert out[2].startswith(f"{good}: ") and "  ok" in out[2] and "slowest: cell 0" in out[2]
+
+
+def test_times_stored_from_an_earlier_run_do_not_blame_the_wrong_cell(tmp_path) -> None:
+    """A stored notebook carries its last run's timing metadata; after a timeout the cells
+    that never ran still had it, so the runner named the last cell and listed old times."""
+    path = _notebook(tmp_path / "d_stored.ipynb", "x = 1", "import time; time.sleep(30)", "y = 2")
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata["execution"] = {
+            "iopub.execute_input": "2026-11-28T10:00:00.000000Z",
+            "shell.execute_reply": "2026-11-28T10:00:01.000000Z",
+        }
+    nbformat.write(nb, path)
+    _, error, cells = execute(path, timeout=3, out_dir=None)
+    assert error == "cell 1 ran longer than --timeout 3 s"
+    assert [i for i, _ in cells] == [0]  # only the cell that ran to its end

@@ -59,6 +59,8 @@ def execute(
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:  # a stored notebook keeps its last run's times: drop them, so a
+        cell.get("metadata", {}).pop("execution", None)  # cell that never ran shows none
     start = time.perf_counter()
     error = None
     try:
