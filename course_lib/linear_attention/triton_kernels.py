@@ -699,31 +699,44 @@ def _run_form(
         o, final = function.apply(q, k, v, S0, scale, output_final_state, chunk_size, q.dtype)
         return o, final
     V = dims["V"]
-    c = _normaliser_scale(k, z0)  # a power of two: z * c stays in fp16 range
-    v1 = torch.cat([v, c.to(v.dtype).expand_as(v[..., :1])], dim=-1)  # [B, T, H, V + 1]
-    S1 = None if S0 is None else torch.cat([S0, (z0 * c)[..., None].to(S0.dtype)], -1)
+    c = _normaliser_scale(q, k, z0, scale)  # a power of two, see there
+    v1 = torch.cat([v * c.to(v.dtype), c.to(v.dtype).expand_as(v[..., :1])], -1)  # [.., V+1]
+    S1 = None
+    if S0 is not None:
+        S1 = torch.cat([S0 * c.to(S0.dtype), (z0 * c)[..., None].to(S0.dtype)], -1)
     o1, final = function.apply(
         q, k, v1, S1, scale, output_final_state, chunk_size, torch.float32
-    )  # o1 [B, T, H, V + 1] fp32: numerator and c * denominator
-    o = (o1[..., :V] / (o1[..., V:] / c + EPS)).to(q.dtype)
-    return o, (None if final is None else (final[..., :V], final[..., V] / c))
+    )  # o1 [B, T, H, V + 1] fp32: c * numerator and c * denominator
+    o = (o1[..., :V] / (o1[..., V:] + c * EPS)).to(q.dtype)
+    return o, (None if final is None else (final[..., :V] / c, final[..., V] / c))
 
 
-def _normaliser_scale(k: torch.Tensor, z0: torch.Tensor | None) -> torch.Tensor:
-    """The largest power of two c <= 1 with c * |z_t| <= 2^15 for every t, where
-    z_t = z0 + sum_{s<=t} k_s.
+def _normaliser_scale(
+    q: torch.Tensor, k: torch.Tensor, z0: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """A power of two c <= 1 that multiplies the whole value block ``[v, 1]`` (and the
+    initial state): the kernels see ``c * S``, ``c * z`` and, on the way back, gradients
+    ``dO / (c * den)``; ``o = num / den`` is unchanged and c is exact. A tensor: no sync.
 
-    The normaliser rides along as a column of ones beside V, so its running sum z sits in
-    the state, and the kernels cast the state to the input dtype for their matmuls: at T =
-    65536 z reaches ~T and overflows fp16 (max 65504). Scaling the column by c (exact: a
-    power of two) keeps it in range; c is divided out again. The column's gradient grows by
-    1/c on the way back, so c is no smaller than it must be. No host sync: c is a tensor.
+    Why, in fp16: ``z_t`` grows like T (past 65504 at T = 65536), and ``den = scale q . z``
+    with it (~1e6 there), so ``dO / den`` fell below fp16's smallest normal 2^-14 when the
+    backward cast it for ``tl.dot`` and dq lost its digits. A small c lifts it; a too small
+    c overflows the other end, the gradient of the scaled values ``dv / c`` (~``|k| dS /
+    c`` through the final state). With ``D >= den`` and ``k2 = max ||k_t||`` from the
+    sizes, ``c = 2^(1 - floor(log2(D / k2) / 2))``, 2 to 4 times ``(k2 / D)^(1/2)``, sits
+    between the two, a little towards the overflow side (2^-6 at T = 65536, K = 128, where
+    ``dv / c <= 5e3``); and ``c * max |z| <= 2^15``.
     """
     with torch.no_grad():
-        bound = k.float().abs().sum(dim=1).amax()  # max over (B, H, K) of sum_t |k_t|
+        f32 = torch.float32
+        z_max = torch.linalg.vector_norm(k, 1, dim=1, dtype=f32).amax()  # >= |z_t - z0|
         if z0 is not None:
-            bound = bound + z0.float().abs().amax()
-        return torch.exp2((15.0 - torch.ceil(torch.log2(bound.clamp(min=1.0)))).clamp(max=0))
+            z_max = z_max + z0.abs().amax().to(f32)
+        den = torch.linalg.vector_norm(q, 1, dim=-1, dtype=f32).amax() * scale * z_max
+        k2 = torch.linalg.vector_norm(k, 2, dim=-1, dtype=f32).amax()
+        e = torch.floor(torch.log2((den / k2.clamp(min=1.0)).clamp(min=1.0)) / 2) - 1
+        e_z = torch.ceil(torch.log2(z_max.clamp(min=1.0))) - 15.0  # c * z <= 2^15
+        return torch.exp2(-torch.maximum(e, e_z).clamp(min=0.0))
 
 
 def chunk_linear_attention(

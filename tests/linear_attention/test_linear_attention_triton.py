@@ -353,6 +353,24 @@ def test_fp16_normaliser_past_the_fp16_range(fused) -> None:
         assert rel_error(g, r) <= TOLERANCE["float16"], name
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["chunkwise", "fused"])
+def test_fp16_normaliser_gradients_above_the_subnormals(fused) -> None:
+    """The denominator ``scale * q . z`` grows like T (~1e6 at T = 65536, K = 128), so the
+    gradient of the numerator, dO / den, fell below fp16's smallest normal 2^-14 on its way
+    into the backward kernels and dq lost its digits (rel. error 2.6e-2 on the H200). Large
+    queries give such denominators at T = 256: every output must match float64."""
+    x = _draw(12, 1, 256, 1, 16, 16, normalize=True)
+    x["q"] = x["q"] * 1024.0  # o is unchanged, den ~ 1e6 and dO / den ~ 1e-6
+    fn = _tk().fused_chunk_linear_attention if fused else _tk().chunk_linear_attention
+    with runtime.poison_outputs():
+        outs, grads = _run(fn, x, True, True, torch.float16, chunk_size=32)
+    ref_outs, ref_grads = _run(torch_impl.linear_attention_chunkwise, x, True, True, torch.float64)
+    names = ["o", "S_T", "z_T", "dq", "dk", "dv", "dS0", "dz0"]
+    for name, g, r in zip(names, outs + grads, ref_outs + ref_grads, strict=True):
+        assert torch.isfinite(g).all(), name
+        assert rel_error(g, r) <= TOLERANCE["float16"], name
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("normalize", [False, True])
