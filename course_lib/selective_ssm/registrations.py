@@ -115,6 +115,16 @@ register(
         differentiable=True,
     )
 )
+# the block forward again, with a backward that also scans blocks of steps (reverse scan)
+register(
+    Impl(
+        "selective_scan",
+        "triton",
+        "block_adjoint",
+        f"{_TRITON}:selective_scan_block_adjoint",
+        differentiable=True,
+    )
+)
 
 register(Impl("mamba_block", "numpy", "forward", f"{_NP}:mamba_block_forward"))
 register(Impl("mamba_block", "torch", "forward", f"{_TORCH}:mamba_block_forward"))

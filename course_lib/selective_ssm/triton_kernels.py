@@ -58,6 +58,21 @@ adjoint recurrence backwards through the chunk. With ``g`` the gradient reaching
 atomic adds in fp32; ``dA, dD, ddelta_bias`` are written per batch element and summed by
 torch. What is left in ``g`` after step 0 is the gradient of ``initial_state``.
 
+Block backward (form "block_adjoint", :func:`selective_scan_block_adjoint`): the same
+walk over the checkpoints, ``BL`` steps at a time. For each chunk it first scans the
+chunk's blocks forwards from the checkpoint, as the block forward does, keeping only the
+state entering each block (``[L / BL, BN, BD]`` per program); then, block by block from
+the last, it rescans the block's states ``h_t`` from its entering state and computes the
+adjoint of all its steps with one associative scan backwards in time. The adjoint is the
+same affine recurrence read from the other end, ``g_t = a_{t+1} g_{t+1} + gy_t C_t``: a
+segment of steps maps the gradient reaching its last state to the one reaching its first,
+``x -> p x + s``, and composing it with the segment before needs one more factor, the
+segment's first ``a`` (:func:`_compose_back`). The carried gradient is added at the block's
+last step, and ``a_{t0} g_{t0}`` is carried to the block before. Every line of the table
+above is then elementwise over ``[BL, BN, BD]`` tiles, with ``a h_{t-1} = h_t - b_t``, and
+reductions over the states (``du, ddelta``), the channels (``dB, dC``: one atomic add per
+step, state and program) or the steps (``dA, dD, ddelta_bias``, kept in registers).
+
 All maths is fp32 whatever the input dtype (fp32, fp16, bf16; ``A`` fp32). Lengths and
 channel counts need not be multiples of anything: channel and state lanes are masked.
 Offsets inside one batch element are int32 (``T * D < 2**31``; longer inputs are refused).
@@ -121,11 +136,19 @@ _sum_combine = getattr(tl.standard, "_sum_combine", _add)  # _add: same maths, s
 #: element); BL 8, BD 32, 4 warps (142 registers, 256 programs, about 14.5); not BL 16,
 #: BD 16, 4 warps (128-168 registers: 3 programs per SM with triton 3.9, two waves).
 #: ``BL`` must divide ``CHUNK`` when checkpoints are stored (the launcher takes the gcd).
+#: ``block_bwd`` (the block backward, form "block_adjoint"): the same ``[8, 16, 16]`` tiles,
+#: but about twice as many live at once (the states, ``a``, ``b``, the adjoint and the scan's
+#: three carries), so 4 warps: 16 elements per thread and per tile. Compiled ahead of time
+#: for sm_90 (triton 3.6, not measured on a GPU): 210-213 registers with every option, 164
+#: without, no spills, 2 KB of shared memory: 2 programs per SM, 512 programs in two waves.
+#: Neighbours were worse on registers: 2 warps 242-255 (spills), 8 warps 222-249, BD 8 on 4
+#: warps 163-229, BD 32 on 8 warps 228-238, BL 4 152-168 (spills with every option).
 CONFIG: dict[str, dict[str, int]] = {
     "fwd": {"BLOCK_D": 16, "CHUNK": 64, "num_warps": 4},
     "bwd": {"BLOCK_D": 16, "num_warps": 4},
     "step": {"BLOCK_D": 64, "num_warps": 4},
     "block_fwd": {"BLOCK_L": 8, "BLOCK_D": 16, "num_warps": 2},
+    "block_bwd": {"BLOCK_L": 8, "BLOCK_D": 16, "num_warps": 4},
 }
 
 
@@ -445,6 +468,164 @@ def _scan_bwd_kernel(
 
 
 @triton.jit
+def _compose_back(a2, p2, s2, a1, p1, s1):
+    """The adjoint's composition, for a scan run backwards in time (``reverse=True`` calls
+    it with the LATER segment first). A segment of steps ``i..j`` maps the gradient ``x``
+    arriving at its last state from the step after it to the gradient reaching its first
+    state, ``g_i = p x + s`` (``p = a_{i+1} ... a_j``), and keeps its first step's ``a_i``:
+    the earlier segment ``(a1, p1, s1)`` receives ``x' = a2 (p2 x + s2)``."""
+    p = p1 * a2
+    return a1, p * p2, s1 + p * s2
+
+
+@triton.jit
+def _block_scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr,
+    dout_ptr, dlast_ptr, scratch_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    T, D, N, n_chunks,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_DLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """The backward in blocks of ``BL`` steps (form "block_adjoint"). Program ``(d-block,
+    b)``, tiles ``[BL, BN, BD]`` channels last as in the block forward. Per chunk, last to
+    first: (1) from the checkpoint, scan the chunk's blocks forwards and keep the state
+    entering each block in this program's scratch ``[CHUNK / BL, BN, BD]``; (2) walk the
+    blocks backwards: rescan the block's states ``h_t`` from its entering state, then
+    the adjoint ``g_t = a_{t+1} g_{t+1} + gy_t C_t`` of all its steps with one reverse
+    scan seeded by the gradient carried from the block after it; every gradient of the
+    module docstring's table is then elementwise over the tiles plus reductions."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_l = tl.arange(0, BLOCK_L)  # [BL] step inside the block
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    offs_n = tl.arange(0, BLOCK_N)  # [BN]
+    mask_d, mask_n = offs_d < D, offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]  # [BN, BD]
+    nd = offs_n[:, None] + offs_d[None, :] * N  # [BN, BD] offsets in a [D, N] matrix
+    A = tl.load(A_ptr + nd, mask=mask_nd, other=0.0).to(tl.float32)  # masked lanes: a = 1
+    A2 = A * LOG2E
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    state = pid_b * D * N + nd  # [BN, BD] offsets in a [B, D, N] state
+    if HAS_DLAST:  # the gradient carried into the last step's state
+        g_c = tl.load(dlast_ptr + state, mask=mask_nd, other=0.0).to(tl.float32)
+    else:
+        g_c = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    first = (offs_l == 0)[:, None, None]  # [BL, 1, 1]: the block's first step
+    final = (offs_l == BLOCK_L - 1)[:, None, None]  # [BL, 1, 1]: its last step
+    xs = pid_b * T * D + offs_l[:, None] * D + offs_d[None, :]  # [BL, BD], block 0
+    ns = pid_b * T * N + offs_l[:, None] * N + offs_n[None, :]  # [BL, BN], block 0
+    # this program's scratch: the state entering each block of the current chunk
+    TILE = BLOCK_N * BLOCK_D  # a constexpr: the product of two
+    tile = tl.arange(0, BLOCK_N)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    scratch = scratch_ptr + (pid_b * tl.num_programs(0) + pid_d) * (CHUNK // BLOCK_L) * TILE
+    scratch += tile  # [BN, BD]
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci
+        t_c = c * CHUNK  # the chunk's first step
+        n_blocks = (tl.minimum(CHUNK, T - t_c) + BLOCK_L - 1) // BLOCK_L  # the last: partial
+        # 1. forwards through the chunk from its checkpoint: the state entering each block
+        h = tl.load(ckpt_ptr + (pid_b * n_chunks + c) * D * N + nd, mask=mask_nd, other=0.0)
+        for k in range(0, n_blocks):
+            t0 = t_c + k * BLOCK_L
+            tl.store(scratch + k * TILE, h)
+            rows = (t0 + offs_l) < T  # [BL] steps inside the sequence
+            m_x, m_n = rows[:, None] & mask_d[None, :], rows[:, None] & mask_n[None, :]
+            u = tl.load(u_ptr + xs + t0 * D, mask=m_x, other=0.0).to(tl.float32)
+            dt = tl.load(delta_ptr + xs + t0 * D, mask=m_x, other=0.0).to(tl.float32)
+            Bt = tl.load(B_ptr + ns + t0 * N, mask=m_n, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias[None, :]
+            if SOFTPLUS:
+                dt = tl.maximum(dt, 0.0) + LN2 * tl.log2(1.0 + tl.exp2(-tl.abs(dt) * LOG2E))
+            dt = tl.where(rows[:, None], dt, 0.0)  # steps past T: the identity
+            a = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BL, BN, BD]
+            b = (dt * u)[:, None, :] * Bt[:, :, None]
+            b = tl.where(first, a * h[None, :, :] + b, b)
+            _, hs = tl.associative_scan((a, b), 0, _compose)
+            h = tl.reduce(tl.where(final, hs, -0.0), 0, _sum_combine)  # [BN, BD]
+        tl.debug_barrier()  # the scratch is written by other threads than read it
+        # 2. backwards through the chunk's blocks
+        for kk in range(0, n_blocks):
+            k = n_blocks - 1 - kk
+            t0 = t_c + k * BLOCK_L
+            h_in = tl.load(scratch + k * TILE)  # [BN, BD] the state entering the block
+            rows = (t0 + offs_l) < T
+            m_x, m_n = rows[:, None] & mask_d[None, :], rows[:, None] & mask_n[None, :]
+            xb, nb = xs + t0 * D, ns + t0 * N  # [BL, BD], [BL, BN] this block's rows
+            u = tl.load(u_ptr + xb, mask=m_x, other=0.0).to(tl.float32)
+            raw = tl.load(delta_ptr + xb, mask=m_x, other=0.0).to(tl.float32)
+            gy = tl.load(dout_ptr + xb, mask=m_x, other=0.0).to(tl.float32)  # 0 past T
+            Bt = tl.load(B_ptr + nb, mask=m_n, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + nb, mask=m_n, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw += bias[None, :]
+            if SOFTPLUS:
+                dt = tl.maximum(raw, 0.0) + LN2 * tl.log2(1.0 + tl.exp2(-tl.abs(raw) * LOG2E))
+            else:
+                dt = raw
+            dt = tl.where(rows[:, None], dt, 0.0)  # steps past T: a = 1, b = 0
+            dt, dtu = _pinned(dt, dt * u)  # [BL, BD]
+            Bt, Ct = _pinned(Bt, Ct)  # [BL, BN]
+            # the block's states, as in the forward
+            a = tl.exp2(dt[:, None, :] * A2[None, :, :])  # [BL, BN, BD]
+            b = dtu[:, None, :] * Bt[:, :, None]  # [BL, BN, BD], b_t = dt u B_t
+            _, hs = tl.associative_scan(
+                (a, tl.where(first, a * h_in[None, :, :] + b, b)), 0, _compose
+            )  # [BL, BN, BD]: h_t
+            if HAS_Z:
+                y = tl.reduce(hs * Ct[:, :, None], 1, _sum_combine)  # [BL, BD], before the gate
+                if HAS_D:
+                    y += Dv[None, :] * u
+                z = tl.load(z_ptr + xb, mask=m_x, other=0.0).to(tl.float32)
+                sz = 1.0 / (1.0 + tl.exp2(-z * LOG2E))
+                tl.store(dz_ptr + xb, gy * y * sz * (1.0 + z * (1.0 - sz)), mask=m_x)
+                gy = gy * z * sz
+            dC = tl.reduce(gy[:, None, :] * hs, 2, _sum_combine)  # [BL, BN], this program's
+            tl.atomic_add(dC_ptr + nb, dC, mask=m_n)
+            # the adjoint: g_t = a_{t+1} g_{t+1} + gy_t C_t, one reverse scan over the
+            # block, with the carried gradient added at the last step (past T: a = 1, c = 0)
+            gc = gy[:, None, :] * Ct[:, :, None]  # [BL, BN, BD]
+            gc = tl.where(final, gc + g_c[None, :, :], gc)
+            ones = tl.full([BLOCK_L, BLOCK_N, BLOCK_D], 1.0, tl.float32)
+            _, _, g = tl.associative_scan((a, ones, gc), 0, _compose_back, reverse=True)
+            # carried to the block before: the gradient reaching h_{t0-1} is a_{t0} g_{t0}
+            g_c = tl.reduce(tl.where(first, a * g, -0.0), 0, _sum_combine)  # [BN, BD]
+            gB = tl.reduce(g * Bt[:, :, None], 1, _sum_combine)  # [BL, BD]
+            dB = tl.reduce(g * dtu[:, None, :], 2, _sum_combine)  # [BL, BN]
+            tl.atomic_add(dB_ptr + nb, dB, mask=m_n)
+            # a_t h_{t-1} = h_t - b_t: the previous state without a shifted copy of hs (it
+            # rounds to eps |b_t| absolute, small against the other terms in fp32)
+            gah = g * (hs - b)  # [BL, BN, BD]: the gradient of (dt A) through a = exp(dt A)
+            dA_acc += tl.reduce(gah * dt[:, None, :], 0, _sum_combine)
+            ddt = tl.reduce(gah * A[None, :, :], 1, _sum_combine) + u * gB  # [BL, BD]
+            du = dt * gB
+            if HAS_D:
+                du += Dv[None, :] * gy
+                dD_acc += tl.reduce(gy * u, 0, _sum_combine)
+            if SOFTPLUS:
+                ddt = ddt / (1.0 + tl.exp2(-raw * LOG2E))  # softplus' = sigmoid
+            ddt = tl.where(rows[:, None], ddt, 0.0)  # steps past T: g * h is not zero there
+            dbias_acc += tl.reduce(ddt, 0, _sum_combine)
+            tl.store(du_ptr + xb, du, mask=m_x)
+            tl.store(ddelta_ptr + xb, ddt, mask=m_x)
+        tl.debug_barrier()  # the next chunk rewrites the scratch
+    tl.store(dh0_ptr + state, g_c, mask=mask_nd)
+    tl.store(dA_ptr + state, dA_acc, mask=mask_nd)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * D + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * D + offs_d, dbias_acc, mask=mask_d)
+
+
+@triton.jit
 def selective_scan_step_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, state_ptr,
     y_ptr, new_state_ptr,
@@ -513,9 +694,10 @@ def _dummy(x: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 def _scan_forward(
     form, u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, store_ckpt
 ):  # fmt: skip
-    """Launch the forward of ``form`` ("scan": step by step; "block": ``BL`` steps at a
-    time): ``out`` [B, T, D] (u's dtype), ``last`` [B, D, N] fp32 and the checkpoints
-    [B, c, D, N] fp32 (``None`` unless ``store_ckpt``). Both store the same checkpoints."""
+    """Launch the forward of ``form`` ("scan": step by step; "block" or "block_adjoint":
+    ``BL`` steps at a time): ``out`` [B, T, D] (u's dtype), ``last`` [B, D, N] fp32 and
+    the checkpoints [B, c, D, N] fp32 (``None`` unless ``store_ckpt``). Both forwards store
+    the same checkpoints."""
     Bsz, T, Dd = u.shape
     N = A.shape[1]
     L = CONFIG["fwd"]["CHUNK"]
@@ -562,6 +744,7 @@ class _SelectiveScan(torch.autograd.Function):
         if store:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h0, ckpt)
             ctx.delta_softplus = delta_softplus
+            ctx.form = form  # "block_adjoint": the block backward, else the step one
         return out, last
 
     @staticmethod
@@ -569,14 +752,21 @@ class _SelectiveScan(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, h0, ckpt = ctx.saved_tensors
         Bsz, T, Dd = u.shape
         N = A.shape[1]
-        cfg, L = CONFIG["bwd"], CONFIG["fwd"]["CHUNK"]
+        L = CONFIG["fwd"]["CHUNK"]
+        blocks = ctx.form == "block_adjoint"
+        cfg = CONFIG["block_bwd"] if blocks else CONFIG["bwd"]
+        BL = math.gcd(cfg["BLOCK_L"], L) if blocks else 1  # a block never straddles a chunk
         n_chunks = ckpt.shape[1]
         BN = triton.next_power_of_2(N)
         n_dblocks = triton.cdiv(Dd, cfg["BLOCK_D"])
         dev, f32 = u.device, torch.float32
         dout = torch.zeros_like(u) if dout is None else dout.contiguous()
         dlast = None if dlast is None else dlast.contiguous()
-        scratch = torch.empty(Bsz * n_dblocks * L * cfg["BLOCK_D"] * BN, dtype=f32, device=dev)
+        # per program: the CHUNK states of a chunk (step backward), or the state entering
+        # each of its CHUNK / BL blocks (block backward)
+        scratch = torch.empty(
+            Bsz * n_dblocks * (L // BL) * cfg["BLOCK_D"] * BN, dtype=f32, device=dev
+        )
         du = runtime.new_empty((Bsz, T, Dd), dtype=f32, device=dev)
         ddelta = runtime.new_empty((Bsz, T, Dd), dtype=f32, device=dev)
         dz = runtime.new_empty((Bsz, T, Dd), dtype=f32, device=dev) if z is not None else du
@@ -588,15 +778,21 @@ class _SelectiveScan(torch.autograd.Function):
             runtime.new_empty((Bsz, Dd), dtype=f32, device=dev) if delta_bias is not None else du
         )
         dh0 = runtime.new_empty((Bsz, Dd, N), dtype=f32, device=dev)
-        _scan_bwd_kernel[(n_dblocks, Bsz)](
+        args = (
             u, delta, A, B, C, _dummy(D, A), _dummy(z, u), _dummy(delta_bias, A), ckpt,
             dout, _dummy(dlast, dh0), scratch,
             du, ddelta, dz, dB, dC, dA, dD, dbias, dh0,
             T, Dd, N, n_chunks,
+        )  # fmt: skip
+        flags = dict(
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             HAS_DLAST=dlast is not None, SOFTPLUS=bool(ctx.delta_softplus),
             BLOCK_D=cfg["BLOCK_D"], BLOCK_N=BN, CHUNK=L, num_warps=cfg["num_warps"],
         )  # fmt: skip
+        if blocks:
+            _block_scan_bwd_kernel[(n_dblocks, Bsz)](*args, **flags, BLOCK_L=BL)
+        else:
+            _scan_bwd_kernel[(n_dblocks, Bsz)](*args, **flags)
 
         def cast(g, like):
             return None if like is None else g.to(like.dtype)
@@ -676,6 +872,29 @@ def selective_scan_blockwise(
     backward (it stores the same checkpoints) as :func:`selective_scan`.
     """
     return _apply("block", locals())
+
+
+def selective_scan_block_adjoint(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> Any:
+    """:func:`selective_scan_blockwise` (same forward, arguments, shapes and results) with
+    a backward that also works ``BL`` steps at a time (``CONFIG["block_bwd"]``): per block
+    it rescans the states from the state entering the block, then runs the adjoint
+    ``g_t = exp(dt_{t+1} A) g_{t+1} + C_t gy_t`` for all the block's steps with one
+    associative scan backwards in time, and forms every gradient from ``[BL, N, BD]``
+    tiles with reductions over the states, the channels or the steps.
+    """
+    return _apply("block_adjoint", locals())
 
 
 def selective_scan_decode_step(

@@ -4,8 +4,10 @@ On CPU the kernels run in Triton's interpreter: sizes are tiny but awkward (T = 
 D = 5, 60 with 16 channels per program; N = 4, 16; several checkpoints with a partial
 last one). The "block_scan" form (:func:`selective_scan_blockwise`) is run with short
 blocks of steps and few channels per program, so that these sizes cross several blocks,
-checkpoints and channel blocks with partial last ones. ``gpu``-marked tests run the
-compiled kernels in bf16/fp16 and at long lengths.
+checkpoints and channel blocks with partial last ones. The "block_adjoint" form
+(:func:`selective_scan_block_adjoint`, the block backward) likewise, with the interpreter's
+scan run a cross-section at a time (``fast_scan``). ``gpu``-marked tests run the compiled
+kernels in bf16/fp16 and at long lengths.
 """
 
 from __future__ import annotations
@@ -52,7 +54,22 @@ def block(monkeypatch):
     return set_block
 
 
-FORMS = {"scan": tk.selective_scan, "block_scan": tk.selective_scan_blockwise}  # registry names
+@pytest.fixture
+def block_bwd(monkeypatch):
+    """Blocks of ``BL`` steps and ``BD`` channels per program for the block backward."""
+
+    def set_block(BL: int, BD: int) -> None:
+        monkeypatch.setitem(tk.CONFIG["block_bwd"], "BLOCK_L", BL)
+        monkeypatch.setitem(tk.CONFIG["block_bwd"], "BLOCK_D", BD)
+
+    return set_block
+
+
+FORMS = {  # registry names
+    "scan": tk.selective_scan,
+    "block_scan": tk.selective_scan_blockwise,
+    "block_adjoint": tk.selective_scan_block_adjoint,
+}
 
 
 def draw(b, T, D, N, *, full, seed=0):
@@ -303,6 +320,171 @@ def test_block_scan_shapes_sweep(b, T, D, N, BL, full):
     assert rel_error(out, out0) < TOL32 and rel_error(last, last0) < TOL32
 
 
+# ---- the block backward ("block_adjoint" form) ---------------------------------------
+
+
+@pytest.fixture
+def fast_scan(monkeypatch):
+    """In the CPU interpreter, ``tl.associative_scan`` with a combine of our own calls it
+    once per element (its generic path), and the block backward runs three scans of
+    ``BL * BN * BD`` elements per block. This patches that path, for one test, to run the
+    same sequential scan a whole cross-section at a time: the combine is elementwise, so
+    the results are the same, in a small fraction of the time. Nothing to do when the
+    kernels are compiled, or if the interpreter's internals have changed (then slow)."""
+    if runtime.triton_mode() != "interpreter":
+        return
+    from triton.runtime import interpreter
+
+    ops = getattr(interpreter, "ScanOps", None)
+    if ops is None or not hasattr(ops, "generic_scan") or not hasattr(ops, "to_tensor"):
+        return
+
+    def generic_scan(self, inputs):
+        data = [np.moveaxis(x.handle.data, self.axis, 0) for x in inputs]  # scan axis first
+        outs = [np.empty_like(d) for d in data]
+        acc = None
+        for i in range(data[0].shape[0]):
+            cur = tuple(
+                self.to_tensor(d[i].copy(), x.dtype) for d, x in zip(data, inputs, strict=True)
+            )
+            if acc is None:
+                acc = cur
+            else:
+                ret = self.combine_fn.fn(*acc, *cur)  # (the steps before, this step)
+                acc = ret if isinstance(ret, tuple) else (ret,)
+            for o, v in zip(outs, acc, strict=True):
+                o[i] = v.handle.data
+        return [
+            self.to_tensor(np.ascontiguousarray(np.moveaxis(o, 0, self.axis)), x.dtype)
+            for o, x in zip(outs, inputs, strict=True)
+        ]
+
+    monkeypatch.setattr(ops, "generic_scan", generic_scan)
+
+
+def loss_grads(out, last, x, w_out, w_last, use):
+    """Gradients of ``sum(out w_out) + sum(last w_last)`` (or of one term: ``use``) with
+    respect to the tensors of ``x``, zeros for those the loss does not depend on."""
+    terms = {"out": (out * w_out).sum(), "last": (last * w_last).sum()}
+    loss = terms[use] if use in terms else terms["out"] + terms["last"]
+    got = torch.autograd.grad(loss, list(x.values()), allow_unused=True)
+    return [torch.zeros_like(v) if g is None else g for v, g in zip(x.values(), got, strict=True)]
+
+
+def close(got, want, tol):
+    """``rel_error(got, want) < tol``, or both exactly zero (a gradient the loss ignores)."""
+    if float(want.abs().max()) == 0.0:
+        return float(got.abs().max()) == 0.0
+    return rel_error(got, want) < tol
+
+
+# (b, T, D, N, keep, softplus, CHUNK, BL, BD, use): T = 1 over two batch elements and two
+# channel blocks (4 + 1); T = 63 over 4 chunks of 16 (the last has 15 steps, its last block
+# 7) with D = 20 = 16 + 4 and N = 16; T = 65 = 64 + 1 with the default CHUNK, N = 5 (3
+# masked state lanes), nothing optional and only ``out`` used (no gradient of the last
+# state); T = 130 over chunks of 32 (the last of 2 steps), the gate without the skip; BL =
+# 16 > CHUNK = 8 (the launcher takes gcd = 8) with only the last state used (no ``dout``).
+ADJOINT_CASES = [
+    (2, 1, 5, 4, ALL_OPTIONAL, True, 16, 8, 4, "both"),
+    (1, 63, 20, 16, ALL_OPTIONAL, True, 16, 8, 16, "both"),
+    (1, 65, 20, 5, (), False, 64, 8, 16, "out"),
+    (1, 130, 6, 4, ("z", "delta_bias", "initial_state"), True, 32, 8, 4, "both"),
+    (1, 19, 3, 3, ("D", "delta_bias"), False, 8, 16, 2, "last"),
+]
+
+
+@pytest.mark.parametrize(
+    ("b", "T", "D", "N", "keep", "soft", "L", "BL", "BD", "use"), ADJOINT_CASES
+)
+def test_block_adjoint_matches_float64_and_step_backward(
+    b, T, D, N, keep, soft, L, BL, BD, use, chunk, block, block_bwd, fast_scan
+):  # fmt: skip
+    """Outputs, last state and every gradient against float64 autograd, and the gradients
+    against the step-by-step backward's (from the same block forward) to fp32 rounding."""
+    chunk(L)
+    block(BL, BD)
+    block_bwd(BL, BD)
+    args = pick(draw(b, T, D, N, full=True, seed=T + D + N), keep)
+    if not soft:  # a positive step size used as it is
+        args["delta"] = np.abs(args["delta"]) + 0.05
+    opts = {"delta_softplus": soft, "return_last_state": True}
+    x64 = tensors(args, torch.float64, requires_grad=True)
+    o64, l64 = ti.selective_scan_sequential(**x64, **opts)
+    gen = torch.Generator().manual_seed(2)
+    w_out = torch.randn(o64.shape, generator=gen, dtype=torch.float64)
+    w_last = torch.randn(l64.shape, generator=gen, dtype=torch.float64)
+    want = loss_grads(o64, l64, x64, w_out, w_last, use)
+    x = tensors(args, torch.float32, DEVICE, requires_grad=True)
+    w_out, w_last = w_out.float().to(DEVICE), w_last.float().to(DEVICE)
+    with runtime.poison_outputs():
+        out, last = tk.selective_scan_block_adjoint(**x, **opts)
+        got = loss_grads(out, last, x, w_out, w_last, use)
+        out_s, last_s = tk.selective_scan_blockwise(**x, **opts)
+        got_s = loss_grads(out_s, last_s, x, w_out, w_last, use)
+    assert out.dtype == torch.float32 and last.dtype == torch.float32
+    assert rel_error(out, o64) < TOL32 and rel_error(last, l64) < TOL32
+    for name, g, w, gs in zip(x, got, want, got_s, strict=True):
+        assert g.dtype == x[name].dtype, name
+        assert close(g, w, TOL32), name
+        assert close(g, gs, 1e-5), name  # the same sums, added in another order
+
+
+def test_block_adjoint_with_the_interpreters_own_scan(chunk, block, block_bwd, request):
+    """A small case through the interpreter's own (slow) scan, against float64, and then
+    again through ``fast_scan``: the same gradients bit for bit."""
+    chunk(4)
+    block(4, 2)
+    block_bwd(4, 2)
+    args = draw(1, 9, 3, 3, full=True, seed=6)
+    opts = {"delta_softplus": True, "return_last_state": True}
+    x64 = tensors(args, torch.float64, requires_grad=True)
+    o64, l64 = ti.selective_scan_sequential(**x64, **opts)
+    want = loss_grads(o64, l64, x64, o64.detach(), l64.detach(), "both")
+    x = tensors(args, torch.float32, DEVICE, requires_grad=True)
+    results = []
+    for _ in range(2):
+        with runtime.poison_outputs():
+            out, last = tk.selective_scan_block_adjoint(**x, **opts)
+            got = loss_grads(out, last, x, o64.float().to(DEVICE), l64.float().to(DEVICE),
+                             "both")  # fmt: skip
+        assert rel_error(out, o64) < TOL32 and rel_error(last, l64) < TOL32
+        for name, g, w in zip(x, got, want, strict=True):
+            assert rel_error(g, w) < TOL32, name
+        results.append(got)
+        request.getfixturevalue("fast_scan")
+    for name, g, g_fast in zip(x, *results, strict=True):
+        assert torch.equal(g, g_fast), name
+
+
+def test_block_adjoint_half_precision(chunk, block, block_bwd, fast_scan):
+    """fp16 inputs (A fp32): gradients come back in fp16, against float64 autograd on the
+    rounded inputs and against the step-by-step backward's."""
+    chunk(16)
+    block(8, 4)
+    block_bwd(8, 4)
+    args = draw(1, 37, 6, 4, full=True, seed=4)
+    opts = {"delta_softplus": True, "return_last_state": True}
+    x = tensors(args, torch.float16, DEVICE, requires_grad=True)
+    x64 = {k: v.detach().double().cpu().requires_grad_(True) for k, v in x.items()}
+    o64, l64 = ti.selective_scan_sequential(**x64, **opts)
+    gen = torch.Generator().manual_seed(3)
+    w_out = torch.randn(o64.shape, generator=gen, dtype=torch.float64)
+    w_last = torch.randn(l64.shape, generator=gen, dtype=torch.float64)
+    want = loss_grads(o64, l64, x64, w_out, w_last, "both")
+    w_out, w_last = w_out.float().to(DEVICE), w_last.float().to(DEVICE)
+    with runtime.poison_outputs():
+        out, last = tk.selective_scan_block_adjoint(**x, **opts)
+        got = loss_grads(out.float(), last, x, w_out, w_last, "both")
+        out_s, last_s = tk.selective_scan_blockwise(**x, **opts)
+        got_s = loss_grads(out_s.float(), last_s, x, w_out, w_last, "both")
+    assert out.dtype == torch.float16 and rel_error(out, o64) < TOLERANCE["float16"]
+    assert rel_error(last, l64) < TOL32
+    for name, g, w, gs in zip(x, got, want, got_s, strict=True):
+        assert g.dtype == x[name].dtype, name
+        assert rel_error(g, w) < TOLERANCE["float16"], name
+        assert rel_error(g, gs.double()) < 1e-3, name  # fp32 sums, one fp16 rounding
+
+
 # ---- compiled kernels on a GPU ------------------------------------------------------
 
 
@@ -394,3 +576,54 @@ def test_gpu_block_scan_long(dtype, T):
     want = torch.autograd.grad((out_s.float() * gout).sum(), list(x.values()))
     for k, g, w in zip(x, got, want, strict=True):
         assert g.dtype == x[k].dtype and rel_error(g.float(), w.float()) < TOLERANCE[name], k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dtype", "T"),
+    [
+        (torch.bfloat16, 32768),
+        (torch.float16, 32768),
+        (torch.bfloat16, 4099),
+        (torch.float32, 4099),
+    ],
+)
+def test_gpu_block_adjoint_long(dtype, T):
+    """The block backward at long lengths: gradients against the step-by-step backward's
+    on the same inputs (both from the block forward), and in fp32 against float64."""
+    gen = torch.Generator(device="cuda").manual_seed(T + 1)
+    b, D, N = 2, 160, 16  # 10 channel blocks of 16
+    x = {
+        "u": torch.randn(b, T, D, device="cuda", generator=gen),
+        "delta": torch.randn(b, T, D, device="cuda", generator=gen) * 0.5 - 1.0,
+        "A": -torch.rand(D, N, device="cuda", generator=gen) - 0.1,
+        "B": torch.randn(b, T, N, device="cuda", generator=gen),
+        "C": torch.randn(b, T, N, device="cuda", generator=gen),
+        "D": torch.randn(D, device="cuda", generator=gen),
+        "z": torch.randn(b, T, D, device="cuda", generator=gen),
+        "delta_bias": torch.randn(D, device="cuda", generator=gen) * 0.1,
+        "initial_state": torch.randn(b, D, N, device="cuda", generator=gen),
+    }
+    x = {k: (v if k == "A" else v.to(dtype)).requires_grad_(True) for k, v in x.items()}
+    opts = {"delta_softplus": True, "return_last_state": True}
+    with runtime.poison_outputs():
+        out, last = tk.selective_scan_block_adjoint(**x, **opts)
+        out_s, last_s = tk.selective_scan_blockwise(**x, **opts)
+    name = str(dtype).replace("torch.", "")
+    assert out.dtype == dtype and torch.equal(out, out_s) and torch.equal(last, last_s)
+    gout = torch.randn(out.shape, device="cuda", generator=gen, dtype=torch.float32)
+    glast = torch.randn(last.shape, device="cuda", generator=gen, dtype=torch.float32)
+    got = torch.autograd.grad((out.float() * gout).sum() + (last * glast).sum(), list(x.values()))
+    want = torch.autograd.grad(
+        (out_s.float() * gout).sum() + (last_s * glast).sum(), list(x.values())
+    )
+    for k, g, w in zip(x, got, want, strict=True):
+        assert g.dtype == x[k].dtype and rel_error(g.float(), w.float()) < TOLERANCE[name], k
+    if dtype == torch.float32:
+        x64 = {k: v.detach().double().requires_grad_(True) for k, v in x.items()}
+        o64, l64 = ti.selective_scan_chunked(**x64, **opts)
+        want64 = torch.autograd.grad(
+            (o64 * gout.double()).sum() + (l64 * glast.double()).sum(), list(x64.values())
+        )
+        for k, g, w in zip(x, got, want64, strict=True):
+            assert rel_error(g, w) < TOL32, k
