@@ -45,7 +45,8 @@ for part in $PARTS; do
         --cases causal plain scalar --no-peers ;;
     ssm)  # selective scan: Triton forms beside mamba_ssm's CUDA kernel
       bench ssm $SSM --lengths $LENGTHS --mode both \
-        --mechanisms selective_scan --backends triton --forms scan block_scan --cases full plain ;;
+        --mechanisms selective_scan --backends triton --forms scan block_scan block_adjoint \
+        --cases full plain ;;
     ssm_family)  # LTI SSM, H3, SSD duality, the Mamba block (PyTorch)
       bench ssm_family $SSM --lengths 1024 2048 4096 8192 16384 32768 65536 --mode both \
         --mechanisms lti_ssm h3 ssd mamba_block --backends torch --forms fft gla scan forward \
