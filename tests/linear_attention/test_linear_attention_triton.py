@@ -424,3 +424,30 @@ def test_fused_chunk_matches_chunkwise_at_benchmark_size(T) -> None:
         a, b = a.detach().double(), b.detach().double()
         err = (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
         assert err <= TOLERANCE["bfloat16"]
+
+
+def _rel_error_on_device(a: torch.Tensor, b: torch.Tensor) -> float:
+    """rel_error's definition, computed where the tensors are (no host copy of gigabytes)."""
+    a, b = a.detach().double(), b.detach().double()
+    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fn", FORMS)
+def test_a_million_tokens_on_gpu(fn) -> None:
+    """T = 2^20 in bf16: finite outputs and final state that match the chunked PyTorch
+    form run in float64 on the same GPU (forward)."""
+    if not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
+    B, T, H, K, V = 1, 1 << 20, 1, 64, 64
+    g = torch.Generator(device=DEVICE).manual_seed(21)
+    q, k, v = (torch.randn(B, T, H, n, generator=g, device=DEVICE) for n in (K, K, V))
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    with runtime.poison_outputs():
+        o, S = getattr(_tk(), fn)(q, k, v, output_final_state=True)
+    o_ref, S_ref = torch_impl.linear_attention_chunkwise(
+        q.double(), k.double(), v.double(), output_final_state=True, chunk_size=64
+    )
+    for name, got, ref in (("o", o, o_ref), ("final state", S, S_ref)):
+        assert torch.isfinite(got).all(), name
+        assert _rel_error_on_device(got, ref) <= TOLERANCE["bfloat16"], name
