@@ -145,8 +145,9 @@ def report() -> dict[str, str]:
         info["device"] = f"cuda: {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})"
         if cap[0] < 8:
             info["note"] = (
-                "compute capability below 8.0: Triton is not officially supported here and "
-                "bf16 does not exist; the course uses fp16/fp32 on this GPU"
+                "compute capability below 8.0: Triton is not officially supported here, "
+                "bf16 does not exist (the course uses fp16/fp32), and several course kernels "
+                "need more shared memory than such GPUs have (not supported yet, see README)"
             )
     else:
         info["device"] = "cpu"
