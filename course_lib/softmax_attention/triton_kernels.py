@@ -75,6 +75,26 @@ GPU_CONFIGS: dict[str, dict[int, dict[str, int]]] = {
         256: {"BLOCK_T": 32, "BLOCK_S": 32, "num_warps": 4, "num_stages": 2},
     },
 }
+# Before compute capability 8.0 (e.g. a T4, sm_75) a block gets at most 64 KB of shared memory
+# and tl.dot has no tensor-core path: it becomes fp32 FMAs, and the operands are staged and
+# re-laid-out through shared memory in ways `shared_memory_estimate` (fitted on sm_90) does not
+# model. So these are used as they are, without `_fit_shared_memory`. The sizes were picked by
+# compiling every forward and backward launch ahead of time for sm_75 with Triton 3.6 (fp16 and
+# fp32, head dims 16 to 256, causal or not) and reading each kernel's shared memory: the largest
+# is exactly 64 KB (backward, fp32, head dim 256), the forward stays under 36 KB. The backward
+# spills some registers (up to ~11 KB at fp16, head dim 256); not timed.
+GPU_CONFIGS_PRE_AMPERE: dict[str, dict[int, dict[str, int]]] = {
+    "fwd": {
+        64: {"BLOCK_T": 32, "BLOCK_S": 32, "num_warps": 4, "num_stages": 1},
+        128: {"BLOCK_T": 32, "BLOCK_S": 32, "num_warps": 8, "num_stages": 1},
+        256: {"BLOCK_T": 16, "BLOCK_S": 16, "num_warps": 8, "num_stages": 1},
+    },
+    "bwd": {
+        64: {"BLOCK_T": 32, "BLOCK_S": 32, "num_warps": 4, "num_stages": 1},
+        128: {"BLOCK_T": 16, "BLOCK_S": 16, "num_warps": 4, "num_stages": 1},
+        256: {"BLOCK_T": 16, "BLOCK_S": 16, "num_warps": 2, "num_stages": 1},
+    },
+}
 # The CPU interpreter runs every program op by op in Python: few, unequal blocks keep it
 # quick and still exercise the tails, several trips of each loop and the T/S bookkeeping.
 INTERPRETER_CONFIG = {"BLOCK_T": 32, "BLOCK_S": 64, "num_warps": 1, "num_stages": 1}
@@ -360,23 +380,39 @@ def _fit_shared_memory(cfg: dict[str, int], BLOCK_K: int, BLOCK_V: int, esize: i
             break
 
 
+def _device_capability(device: torch.device) -> tuple[int, int] | None:
+    """CUDA compute capability of ``device``; None in the interpreter or off CUDA."""
+    if runtime.triton_mode() == "interpreter" or device.type != "cuda":
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
 def launch_config(
-    pass_: str, BLOCK_K: int, BLOCK_V: int, dtype: torch.dtype = torch.float16
+    pass_: str,
+    BLOCK_K: int,
+    BLOCK_V: int,
+    dtype: torch.dtype = torch.float16,
+    capability: tuple[int, int] | None = None,
 ) -> dict[str, int]:
     """Block sizes and launch options for ``pass_`` ("fwd" or "bwd"), then :data:`CONFIG`.
 
-    On a GPU the table :data:`GPU_CONFIGS` is looked up by the larger padded head dimension;
-    in the interpreter :data:`INTERPRETER_CONFIG` is used. Every block size must be a power
-    of two >= 16 (``tl.arange`` and ``tl.dot`` need that).
+    On a GPU the table :data:`GPU_CONFIGS` is looked up by the larger padded head dimension
+    and shrunk to :data:`SHARED_MEMORY_BUDGET`; below compute ``capability`` (8, 0) the table
+    :data:`GPU_CONFIGS_PRE_AMPERE` is used as it is (None counts as 8.0 or newer). In the
+    interpreter :data:`INTERPRETER_CONFIG` is used. Every block size must be a power of two
+    >= 16 (``tl.arange`` and ``tl.dot`` need that).
     """
     checks.check_choice("pass_", pass_, ("fwd", "bwd"))
     if runtime.triton_mode() == "interpreter":
         cfg = dict(INTERPRETER_CONFIG)
     else:
-        table = GPU_CONFIGS[pass_]
+        pre_ampere = capability is not None and tuple(capability) < (8, 0)
+        table = (GPU_CONFIGS_PRE_AMPERE if pre_ampere else GPU_CONFIGS)[pass_]
         d = max(BLOCK_K, BLOCK_V)
         cfg = dict(table[min((key for key in table if key >= d), default=max(table))])
-        _fit_shared_memory(cfg, BLOCK_K, BLOCK_V, torch.tensor([], dtype=dtype).element_size())
+        if not pre_ampere:
+            esize = torch.tensor([], dtype=dtype).element_size()
+            _fit_shared_memory(cfg, BLOCK_K, BLOCK_V, esize)
     cfg.update(CONFIG.get(pass_, {}))
     for name in ("BLOCK_T", "BLOCK_S", "num_warps", "num_stages"):
         value = checks.check_positive_int(f"CONFIG[{pass_!r}][{name!r}]", cfg[name])
@@ -423,7 +459,7 @@ def _forward(
     B, T, H, K = q.shape
     S, V = k.shape[1], v.shape[-1]
     BLOCK_K, BLOCK_V = _head_block(K), _head_block(V)
-    cfg = launch_config("fwd", BLOCK_K, BLOCK_V, q.dtype)
+    cfg = launch_config("fwd", BLOCK_K, BLOCK_V, q.dtype, _device_capability(q.device))
     o = runtime.new_empty((B, T, H, V), dtype=q.dtype, device=q.device)  # [B, T, H, V]
     lse = runtime.new_empty((B, H, T), dtype=torch.float32, device=q.device)  # [B, H, T]
     grid = (triton.cdiv(T, cfg["BLOCK_T"]), B * H)
@@ -461,7 +497,7 @@ def _backward(
     B, T, H, K = q.shape
     S, V = k.shape[1], v.shape[-1]
     BLOCK_K, BLOCK_V = _head_block(K), _head_block(V)
-    cfg = launch_config("bwd", BLOCK_K, BLOCK_V, q.dtype)
+    cfg = launch_config("bwd", BLOCK_K, BLOCK_V, q.dtype, _device_capability(q.device))
     dev = q.device
     delta = runtime.new_empty((B, H, T), dtype=torch.float32, device=dev)  # [B, H, T]
     _attn_bwd_delta_kernel[(triton.cdiv(T, cfg["BLOCK_T"]), B * H)](

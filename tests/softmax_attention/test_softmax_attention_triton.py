@@ -136,6 +136,45 @@ def test_gpu_config_table(monkeypatch):
     assert tk.launch_config("fwd", 256, 256, torch.float32) != tk.GPU_CONFIGS["fwd"][256]
 
 
+def _config_as_before(pass_, BLOCK_K, BLOCK_V, dtype):
+    """The choice before the pre-Ampere table: GPU_CONFIGS shrunk by _fit_shared_memory."""
+    table = tk.GPU_CONFIGS[pass_]
+    d = max(BLOCK_K, BLOCK_V)
+    cfg = dict(table[min((key for key in table if key >= d), default=max(table))])
+    tk._fit_shared_memory(cfg, BLOCK_K, BLOCK_V, torch.tensor([], dtype=dtype).element_size())
+    return cfg
+
+
+def test_config_unchanged_from_ampere_on(monkeypatch):
+    """Compute capability >= 8.0 (and None) keeps exactly the H200 table's choice."""
+    monkeypatch.setattr(tk.runtime, "triton_mode", lambda: "compiled")
+    monkeypatch.setattr(tk, "CONFIG", {})
+    for pass_ in ("fwd", "bwd"):
+        for d in (16, 32, 64, 128, 256):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                want = _config_as_before(pass_, d, d, dtype)
+                for cap in ((9, 0), (8, 0), (8, 6), None):
+                    assert tk.launch_config(pass_, d, d, dtype, cap) == want, (pass_, d, cap)
+                assert tk.launch_config(pass_, d, d, dtype) == want
+
+
+def test_config_pre_ampere(monkeypatch):
+    """Below 8.0 (T4: sm_75, 64 KB shared memory) the smaller table is used unshrunk."""
+    monkeypatch.setattr(tk.runtime, "triton_mode", lambda: "compiled")
+    monkeypatch.setattr(tk, "CONFIG", {})
+    for pass_ in ("fwd", "bwd"):
+        table = tk.GPU_CONFIGS_PRE_AMPERE[pass_]
+        for d in (16, 32, 60, 64, 100, 128, 256):
+            pad = tk._head_block(d)
+            for dtype in (torch.float16, torch.float32):
+                cfg = tk.launch_config(pass_, pad, pad, dtype, (7, 5))
+                assert cfg == table[min(key for key in table if key >= pad)], (pass_, d)
+    monkeypatch.setitem(tk.CONFIG, "fwd", {"BLOCK_T": 16})  # overrides still apply
+    assert tk.launch_config("fwd", 64, 64, torch.float16, (7, 5))["BLOCK_T"] == 16
+    monkeypatch.setattr(tk.runtime, "triton_mode", lambda: "interpreter")
+    assert tk.launch_config("bwd", 64, 64, torch.float16, (7, 5)) == tk.INTERPRETER_CONFIG
+
+
 def _t32(*shape):
     return torch.zeros(shape, dtype=torch.float32, device=DEVICE)
 
