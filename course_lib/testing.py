@@ -116,7 +116,13 @@ def to_numpy(x: Any) -> Any:
 
 
 def rel_error(out: Any, ref: Any) -> float:
-    """``||out - ref|| / ||ref||`` in float64; NaN anywhere gives ``inf``."""
+    """``||out - ref|| / ||ref||`` in float64; NaN anywhere gives ``inf``.
+
+    Two tensors on one device are compared there (a long GPU test's outputs are gigabytes
+    in float64: no host copy); anything else as float64 numpy.
+    """
+    if _same_device_tensors(out, ref):
+        return _rel_error_torch(out, ref)
     out, ref = to_numpy(out), to_numpy(ref)
     if out.shape != ref.shape:
         raise AssertionError(f"shape {out.shape} differs from the reference's {ref.shape}")
@@ -124,6 +130,25 @@ def rel_error(out: Any, ref: Any) -> float:
         return float("inf")
     denom = max(float(np.linalg.norm(ref)), 1e-30)
     return float(np.linalg.norm(out - ref)) / denom
+
+
+def _same_device_tensors(a: Any, b: Any) -> bool:
+    return hasattr(a, "detach") and hasattr(b, "detach") and a.device == b.device
+
+
+def _rel_error_torch(out: Any, ref: Any) -> float:
+    import torch
+
+    if out.shape != ref.shape:
+        raise AssertionError(
+            f"shape {tuple(out.shape)} differs from the reference's {tuple(ref.shape)}"
+        )
+    wide = torch.complex128 if out.is_complex() or ref.is_complex() else torch.float64
+    out, ref = out.detach().to(wide), ref.detach().to(wide)
+    if not bool(torch.isfinite(out).all()):
+        return float("inf")
+    denom = max(float(torch.linalg.vector_norm(ref)), 1e-30)
+    return float(torch.linalg.vector_norm(out - ref)) / denom
 
 
 @dataclass

@@ -101,6 +101,19 @@ def test_rel_error_flags_nan_and_shape() -> None:
         rel_error(np.ones(3), np.ones(2))
 
 
+def test_rel_error_of_two_tensors_is_computed_where_they_are() -> None:
+    """The tensor path (used for gigabytes on a GPU) agrees with the numpy path."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    ta, tb = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.bfloat16)
+    assert rel_error(ta, tb) == pytest.approx(rel_error(ta.numpy(), tb.double().numpy()))
+    assert rel_error(torch.tensor([float("nan"), 1.0]), torch.ones(2)) == float("inf")
+    c = torch.tensor(a + 1j * b)
+    assert rel_error(c, c.conj()) == pytest.approx(rel_error(a + 1j * b, a - 1j * b))
+    with pytest.raises(AssertionError, match="shape"):
+        rel_error(torch.ones(3), torch.ones(2))
+
+
 def test_poisoned_allocation() -> None:
     with runtime.poison_outputs():
         assert torch.isnan(runtime.new_empty((3,), dtype=torch.float32, device="cpu")).all()
