@@ -539,6 +539,28 @@ def test_gpu_long_sequence():
         assert rel_error(g, w) < TOL32, k
 
 
+def _long_gpu_inputs(T, dtype, gen):
+    """Every input of the scan on the GPU (``A`` stays fp32), requiring gradients:
+    B = 2, D = 160 (10 channel blocks of 16), N = 16."""
+    b, D, N = 2, 160, 16
+
+    def draw(*shape):
+        return torch.randn(*shape, device="cuda", generator=gen)
+
+    x = {
+        "u": draw(b, T, D),
+        "delta": draw(b, T, D) * 0.5 - 1.0,
+        "A": -torch.rand(D, N, device="cuda", generator=gen) - 0.1,
+        "B": draw(b, T, N),
+        "C": draw(b, T, N),
+        "D": draw(D),
+        "z": draw(b, T, D),
+        "delta_bias": draw(D) * 0.1,
+        "initial_state": draw(b, D, N),
+    }
+    return {k: (v if k == "A" else v.to(dtype)).requires_grad_(True) for k, v in x.items()}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     ("dtype", "T"), [(torch.bfloat16, 32768), (torch.float16, 32768), (torch.bfloat16, 4099)]
@@ -548,19 +570,7 @@ def test_gpu_block_scan_long(dtype, T):
     float64 on the rounded inputs and against the step-by-step form, gradients (through the
     shared backward) against the step-by-step form's."""
     gen = torch.Generator(device="cuda").manual_seed(T)
-    b, D, N = 2, 160, 16  # 10 channel blocks of 16
-    x = {
-        "u": torch.randn(b, T, D, device="cuda", generator=gen),
-        "delta": torch.randn(b, T, D, device="cuda", generator=gen) * 0.5 - 1.0,
-        "A": -torch.rand(D, N, device="cuda", generator=gen) - 0.1,
-        "B": torch.randn(b, T, N, device="cuda", generator=gen),
-        "C": torch.randn(b, T, N, device="cuda", generator=gen),
-        "D": torch.randn(D, device="cuda", generator=gen),
-        "z": torch.randn(b, T, D, device="cuda", generator=gen),
-        "delta_bias": torch.randn(D, device="cuda", generator=gen) * 0.1,
-        "initial_state": torch.randn(b, D, N, device="cuda", generator=gen),
-    }
-    x = {k: (v if k == "A" else v.to(dtype)).requires_grad_(True) for k, v in x.items()}
+    x = _long_gpu_inputs(T, dtype, gen)
     x64 = {k: v.detach().double() for k, v in x.items()}
     o64, l64 = ti.selective_scan_chunked(**x64, delta_softplus=True, return_last_state=True)
     with runtime.poison_outputs():
@@ -592,19 +602,7 @@ def test_gpu_block_adjoint_long(dtype, T):
     """The block backward at long lengths: gradients against the step-by-step backward's
     on the same inputs (both from the block forward), and in fp32 against float64."""
     gen = torch.Generator(device="cuda").manual_seed(T + 1)
-    b, D, N = 2, 160, 16  # 10 channel blocks of 16
-    x = {
-        "u": torch.randn(b, T, D, device="cuda", generator=gen),
-        "delta": torch.randn(b, T, D, device="cuda", generator=gen) * 0.5 - 1.0,
-        "A": -torch.rand(D, N, device="cuda", generator=gen) - 0.1,
-        "B": torch.randn(b, T, N, device="cuda", generator=gen),
-        "C": torch.randn(b, T, N, device="cuda", generator=gen),
-        "D": torch.randn(D, device="cuda", generator=gen),
-        "z": torch.randn(b, T, D, device="cuda", generator=gen),
-        "delta_bias": torch.randn(D, device="cuda", generator=gen) * 0.1,
-        "initial_state": torch.randn(b, D, N, device="cuda", generator=gen),
-    }
-    x = {k: (v if k == "A" else v.to(dtype)).requires_grad_(True) for k, v in x.items()}
+    x = _long_gpu_inputs(T, dtype, gen)
     opts = {"delta_softplus": True, "return_last_state": True}
     with runtime.poison_outputs():
         out, last = tk.selective_scan_block_adjoint(**x, **opts)
