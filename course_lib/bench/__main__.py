@@ -44,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if visible)")
     p.add_argument("--mode", default="fwd", choices=["fwd", "fwdbwd", "both"])
     p.add_argument("--decode", action="store_true", help="also time one decode step")
+    p.add_argument(
+        "--decode-only", action="store_true", help="time only the decode steps (no forwards)"
+    )
     p.add_argument("--no-peers", action="store_true", help="do not time SDPA / fla / mamba")
+    p.add_argument(
+        "--peers-last",
+        action="store_true",
+        help="time the peers after the course's series (default: before)",
+    )
     p.add_argument("--out", default="bench_out", help="output folder (default: bench_out)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         plots=not args.no_plots,
         bandwidth_GBps=args.bandwidth_gbps,
         threads=args.threads,
+        peers_last=args.peers_last,
+        decode_only=args.decode_only,
     )
     print((Path(args.out) / "tables.md").read_text())
     print(f"written to {args.out}: " + ", ".join(sorted(results.get("files", {}).values())))

@@ -453,6 +453,8 @@ def run_benchmark(
     bandwidth_GBps: float | None = None,
     threads: int | None = None,
     seed: int = 0,
+    peers_last: bool = False,
+    decode_only: bool = False,
 ) -> dict[str, Any]:
     """Time the registry's implementations against sequence length; return a results dict.
 
@@ -471,6 +473,9 @@ def run_benchmark(
     ``io_bytes``, ``sizes``), ``peers`` (found / timed / why not), ``ratios`` (impl / peer at
     equal mode and length) and ``analysis`` (slopes and crossovers). ``threads`` sets
     ``torch.set_num_threads`` for the run (restored after): on a busy CPU, 1 is steadier.
+    ``decode_only=True`` times only the decode steps (no forward or backward series).
+    Peers are timed before the course's series unless ``peers_last`` (useful when a time
+    limit would otherwise be spent on a peer's first-call autotuning).
     """
     params = dict(locals())
     import torch
@@ -511,6 +516,8 @@ def _run(
     bandwidth_GBps: float | None,
     threads: int | None,
     seed: int,
+    peers_last: bool,
+    decode_only: bool,
 ) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -538,6 +545,8 @@ def _run(
         N=d_state,
     )
     pairs = select(_as_list(mechanisms), _as_list(backends), _as_list(forms), _as_list(cases))
+    if decode_only:
+        pairs, decode, peers, modes = [], True, False, []
     pairs.sort(key=lambda pair: BACKEND_ORDER.get(pair[0].backend, len(BACKEND_ORDER)))
     mech_names = sorted({impl.mechanism for impl, _ in pairs})
     found = peers_mod.find_peers(device, mech_names) if peers else {}
@@ -579,134 +588,140 @@ def _run(
             results["ratios"] = _ratios(results, timed_peers)
             save_results(results, Path(out_dir) / "results.json")
 
-    # peers first, then Triton, torch, numpy: a run stopped by a time limit keeps the
-    # reference times and the fast kernels, the series that matter most for ratios
-    for p in timed_peers:
-        bar.set_postfix_str(p.name)
-        results["series"][p.name] = {
-            "kind": "peer",
-            "mechanism": p.mechanism,
-            "backend": "peer",
-            "form": p.name,
-            "case": None,
-            "differentiable": p.differentiable,
-            "check": None,
-            "status": "timed",
-            "reason": "",
-        }
-        for m in modes:
-            if m == "fwdbwd" and not p.differentiable:
-                for T in lengths:
-                    results["timings"].append(
-                        _entry(p.name, m, replace(sizes, T=T), "skipped", reason="forward only")
-                    )
-                    tick()
-                continue
+    def time_peers() -> None:
+        for p in timed_peers:
+            bar.set_postfix_str(p.name)
+            results["series"][p.name] = {
+                "kind": "peer",
+                "mechanism": p.mechanism,
+                "backend": "peer",
+                "form": p.name,
+                "case": None,
+                "differentiable": p.differentiable,
+                "check": None,
+                "status": "timed",
+                "reason": "",
+            }
+            for m in modes:
+                if m == "fwdbwd" and not p.differentiable:
+                    for T in lengths:
+                        results["timings"].append(
+                            _entry(p.name, m, replace(sizes, T=T), "skipped", reason="forward only")
+                        )
+                        tick()
+                    continue
 
-            def build_peer(size: Sizes, m: str = m, p: peers_mod.Peer = p) -> tuple:
-                import torch
+                def build_peer(size: Sizes, m: str = m, p: peers_mod.Peer = p) -> tuple:
+                    import torch
 
-                rand = TorchRand(seed, dtype=_torch_dtype(dtype), device=device)
-                with torch.no_grad():
-                    fn, args = p.build(size, rand, False)
-                if m == "fwdbwd":
-                    for t in args.values():
-                        if t.is_floating_point():
-                            t.requires_grad_(True)
-                return fn, args
+                    rand = TorchRand(seed, dtype=_torch_dtype(dtype), device=device)
+                    with torch.no_grad():
+                        fn, args = p.build(size, rand, False)
+                    if m == "fwdbwd":
+                        for t in args.values():
+                            if t.is_floating_point():
+                                t.requires_grad_(True)
+                    return fn, args
 
-            results["timings"] += _time_lengths(
-                p.name,
-                m,
-                lengths,
-                sizes,
-                build_peer,
-                backend="torch",
-                device=device,
-                budget_ms=budget_ms,
-                min_run_time=min_run_time,
-                log=log,
-                tick=tick,
-                log_points=not progress,
-            )
-        checkpoint()
-    check_sizes = replace(sizes, B=1, T=min(check_length, lengths[0]))
-    for impl, case in pairs:
-        name = series_name(impl, case)
-        bar.set_postfix_str(name)
-        info: dict[str, Any] = {
-            "kind": "impl",
-            "mechanism": impl.mechanism,
-            "backend": impl.backend,
-            "form": impl.form,
-            "case": case,
-            "differentiable": impl.differentiable,
-            "check": None,
-            "status": "timed",
-            "reason": "",
-        }
-        results["series"][name] = info
-        skip = _skip_reason(impl, include_interpreter)
-        if skip is None:
-            info["check"] = check_impl(
-                impl, case, check_sizes, dtype=dtype, device=device, seed=seed
-            )
-            if not info["check"]["ok"]:
-                chk = info["check"]
-                skip = "failed the correctness check: " + (
-                    chk["error"] or f"errors {chk['errors']} above tolerance {chk['tolerance']}"
-                )
-                info["status"] = "failed_check"
-                log(f"{name}: {skip}; not timed")
-        else:
-            info["status"] = "skipped"
-        mech = registry.mechanism(impl.mechanism)
-        for m in modes:
-            reason = skip
-            if reason is None and m == "fwdbwd" and not impl.differentiable:
-                reason = "not differentiable: no fwdbwd timing"
-            if reason is not None:
-                for T in lengths:
-                    size = replace(sizes, T=T)
-                    results["timings"].append(_entry(name, m, size, "skipped", reason=reason))
-                    tick()
-                continue
-
-            def build(
-                size: Sizes, m: str = m, impl: Impl = impl, case: str = case, mech: Any = mech
-            ) -> tuple:
-                args = draw_inputs(
-                    mech,
-                    size,
-                    case,
-                    backend=impl.backend,
-                    dtype=dtype,
+                results["timings"] += _time_lengths(
+                    p.name,
+                    m,
+                    lengths,
+                    sizes,
+                    build_peer,
+                    backend="torch",
                     device=device,
-                    seed=seed,
-                    requires_grad=m == "fwdbwd",
+                    budget_ms=budget_ms,
+                    min_run_time=min_run_time,
+                    log=log,
+                    tick=tick,
+                    log_points=not progress,
                 )
-                fn = impl.load()
-                kwargs = dict(impl.kwargs)
-                return (lambda: fn(**args, **kwargs)), args
+            checkpoint()
 
-            results["timings"] += _time_lengths(
-                name,
-                m,
-                lengths,
-                sizes,
-                build,
-                backend=impl.backend,
-                device=device,
-                budget_ms=budget_ms,
-                min_run_time=min_run_time,
-                log=log,
-                tick=tick,
-                log_points=not progress,
-            )
-        if info["status"] != "timed":
-            info["reason"] = skip or ""
-        checkpoint()
+    def time_impls() -> None:
+        check_sizes = replace(sizes, B=1, T=min(check_length, lengths[0]))
+        for impl, case in pairs:
+            name = series_name(impl, case)
+            bar.set_postfix_str(name)
+            info: dict[str, Any] = {
+                "kind": "impl",
+                "mechanism": impl.mechanism,
+                "backend": impl.backend,
+                "form": impl.form,
+                "case": case,
+                "differentiable": impl.differentiable,
+                "check": None,
+                "status": "timed",
+                "reason": "",
+            }
+            results["series"][name] = info
+            skip = _skip_reason(impl, include_interpreter)
+            if skip is None:
+                info["check"] = check_impl(
+                    impl, case, check_sizes, dtype=dtype, device=device, seed=seed
+                )
+                if not info["check"]["ok"]:
+                    chk = info["check"]
+                    skip = "failed the correctness check: " + (
+                        chk["error"] or f"errors {chk['errors']} above tolerance {chk['tolerance']}"
+                    )
+                    info["status"] = "failed_check"
+                    log(f"{name}: {skip}; not timed")
+            else:
+                info["status"] = "skipped"
+            mech = registry.mechanism(impl.mechanism)
+            for m in modes:
+                reason = skip
+                if reason is None and m == "fwdbwd" and not impl.differentiable:
+                    reason = "not differentiable: no fwdbwd timing"
+                if reason is not None:
+                    for T in lengths:
+                        size = replace(sizes, T=T)
+                        results["timings"].append(_entry(name, m, size, "skipped", reason=reason))
+                        tick()
+                    continue
 
+                def build(
+                    size: Sizes, m: str = m, impl: Impl = impl, case: str = case, mech: Any = mech
+                ) -> tuple:
+                    args = draw_inputs(
+                        mech,
+                        size,
+                        case,
+                        backend=impl.backend,
+                        dtype=dtype,
+                        device=device,
+                        seed=seed,
+                        requires_grad=m == "fwdbwd",
+                    )
+                    fn = impl.load()
+                    kwargs = dict(impl.kwargs)
+                    return (lambda: fn(**args, **kwargs)), args
+
+                results["timings"] += _time_lengths(
+                    name,
+                    m,
+                    lengths,
+                    sizes,
+                    build,
+                    backend=impl.backend,
+                    device=device,
+                    budget_ms=budget_ms,
+                    min_run_time=min_run_time,
+                    log=log,
+                    tick=tick,
+                    log_points=not progress,
+                )
+            if info["status"] != "timed":
+                info["reason"] = skip or ""
+            checkpoint()
+
+    # by default peers first, then Triton, torch, numpy: a run stopped by a time limit keeps
+    # the reference times and the fast kernels, the series that matter most for ratios;
+    # peers_last puts the peers after (their autotuning can outlast a short time limit)
+    for step in (time_impls, time_peers) if peers_last else (time_peers, time_impls):
+        step()
     bar.close()
 
     results["ratios"] = _ratios(results, timed_peers)

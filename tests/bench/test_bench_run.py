@@ -148,7 +148,8 @@ def test_finished_run_is_marked_complete(tmp_path) -> None:
     assert json.loads((tmp_path / "results.json").read_text())["complete"] is True
 
 
-def test_sdpa_peer_is_timed_and_ratio_computed() -> None:
+@pytest.mark.parametrize("peers_last", [False, True])
+def test_sdpa_peer_is_timed_and_ratio_computed(peers_last: bool) -> None:
     if ("softmax_attention", "torch", "parallel") not in {
         i.key for i in registry.implementations()
     }:
@@ -160,9 +161,12 @@ def test_sdpa_peer_is_timed_and_ratio_computed() -> None:
         lengths=(8, 16),
         peers=True,
         budget_ms=None,
+        peers_last=peers_last,
         **TINY,
     )
     assert r["peers"]["peer:torch_sdpa"]["timed"]
+    order = [t["series"].startswith("peer:") for t in r["timings"]]
+    assert order == sorted(order, reverse=not peers_last)  # the peer's points first or last
     for name in ("peer:mamba_selective_scan", "peer:fla_chunk_linear_attn"):
         assert name in r["peers"] and not r["peers"][name]["timed"] and r["peers"][name]["reason"]
     pts = _points(r)
@@ -228,6 +232,17 @@ def test_decode_cache_grows_state_does_not() -> None:
         assert all(math.isfinite(pts[(name, p)]["ms"]) for p in (4, 8))
         if name != kv:
             assert pts[(name, 4)]["state_bytes"] == pts[(name, 8)]["state_bytes"] > 0
+
+
+def test_decode_only_times_the_steps_and_nothing_else(tmp_path) -> None:
+    r = run_benchmark(lengths=(4, 8), decode_only=True, out_dir=tmp_path, budget_ms=None, **TINY)
+    assert r["timings"] == [] and r["series"] == {} and r["config"]["modes"] == []
+    timed = [n for n, i in r["decode"]["series"].items() if i["status"] == "timed"]
+    assert "softmax_attention/torch/kv_cache" in timed
+    assert {p["position"] for p in r["decode"]["points"]} == {4, 8}
+    tables = (tmp_path / "tables.md").read_text()
+    assert "### Decode" in tables and "### Time per call" not in tables
+    assert (tmp_path / "decode.png").exists()
 
 
 def test_the_reference_gets_numpy_also_inside_a_parameter_dict(monkeypatch) -> None:
