@@ -11,7 +11,8 @@ import argparse
 import importlib
 from pathlib import Path
 
-from course_lib.bench.run import run_benchmark
+from course_lib.bench.analysis import load_results
+from course_lib.bench.run import merge_results, run_benchmark, write_outputs
 
 
 def _plugin(spec: str) -> None:
@@ -54,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         help="time the peers after the course's series (default: before)",
     )
     p.add_argument("--out", default="bench_out", help="output folder (default: bench_out)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="time nothing: pool these results.json files (parts of one recorded run, one "
+        "machine) into --out, with tables and plots",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument(
@@ -87,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for spec in args.plugin:
         _plugin(spec)
+    if args.merge:
+        parts = [load_results(path) for path in args.merge]
+        merged = merge_results(parts, sources=args.merge)
+        files = write_outputs(
+            merged, args.out, plots=not args.no_plots, bandwidth_GBps=args.bandwidth_gbps
+        )
+        print((Path(args.out) / "tables.md").read_text())
+        print(f"written to {args.out}: " + ", ".join(sorted(files.values())))
+        return 0
     results = run_benchmark(
         mechanisms=args.mechanisms,
         backends=args.backends,

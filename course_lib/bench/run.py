@@ -29,7 +29,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -763,6 +763,69 @@ def _ratios(results: dict[str, Any], timed_peers: list[peers_mod.Peer]) -> list[
                     out.append(
                         {"series": name, "peer": p.name, "mode": m, "T": T, "ratio": ms / peer_ms}
                     )
+    return out
+
+
+def merge_results(parts: Sequence[Mapping[str, Any]], sources: Sequence[str] = ()) -> dict:
+    """Pool several benchmark results of one machine into one (parts of a recorded run).
+
+    Series, timings and peers are joined; where two parts timed the same series, mode and
+    length, the later part's point wins. Lengths and modes are the union; the ratios and
+    the analysis are recomputed over the pooled points, so a ratio may pair an
+    implementation and a peer timed by different parts (``notes`` names the parts). Parts
+    must share device, GPU and dtype: pooling two machines would make every ratio wrong.
+    """
+    from course_lib.bench import analysis
+
+    if not parts:
+        raise ValueError("parts must hold at least one results dict")
+    first = parts[0]
+    for i, r in enumerate(parts[1:], 1):
+        for key in ("device", "gpu"):
+            if r["machine"].get(key) != first["machine"].get(key):
+                raise ValueError(
+                    f"parts[{i}] ran on {key} {r['machine'].get(key)!r}, parts[0] on "
+                    f"{first['machine'].get(key)!r}: results of different machines do not pool"
+                )
+        if r["config"].get("dtype") != first["config"].get("dtype"):
+            raise ValueError(
+                f"parts[{i}] has dtype {r['config'].get('dtype')!r}, not "
+                f"{first['config'].get('dtype')!r}"
+            )
+    points: dict[tuple, dict] = {}
+    series: dict[str, Any] = {}
+    peers: dict[str, Any] = {}
+    modes: list[str] = []
+    decode = None
+    for r in parts:
+        series.update(r["series"])
+        for e in r["timings"]:
+            points[(e["series"], e["mode"], int(e["T"]))] = e
+        for name, info in r.get("peers", {}).items():
+            if info.get("timed") or name not in peers:
+                peers[name] = info
+        modes += [m for m in r["config"].get("modes", []) if m not in modes]
+        decode = r.get("decode") or decode
+    config = dict(first["config"])
+    config["modes"] = sorted(modes, key=("fwd", "fwdbwd").index)
+    config["lengths"] = sorted({T for _, _, T in points})
+    names = list(sources) or [f"part {i}" for i in range(len(parts))]
+    out: dict[str, Any] = {
+        "schema": first.get("schema", SCHEMA),
+        "machine": first["machine"],
+        "config": config,
+        "series": series,
+        "timings": list(points.values()),
+        "peers": peers,
+        "notes": [f"merged from {', '.join(names)}"]
+        + [n for r in parts for n in r.get("notes", [])],
+        "complete": all(r.get("complete", False) for r in parts),
+    }
+    if decode is not None:
+        out["decode"] = decode
+    timed = [peers_mod.peer(n) for n, info in peers.items() if info.get("timed")]
+    out["ratios"] = _ratios(out, timed)
+    out["analysis"] = analysis.summarize(out)
     return out
 
 

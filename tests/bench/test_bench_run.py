@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import bench_fakes
@@ -267,3 +268,37 @@ def test_the_reference_gets_numpy_also_inside_a_parameter_dict(monkeypatch) -> N
     result = run_mod.check_impl(impl, "default", sizes, dtype="float32", device="cpu")
     assert result["error"] is None and result["ok"], result
     assert seen and all(t is np.ndarray for t in seen), seen
+
+
+@pytest.mark.usefixtures("fake_registry")
+def test_merged_parts_pool_series_and_recompute_ratios(tmp_path) -> None:
+    from course_lib.bench.__main__ import main
+    from course_lib.bench.run import merge_results, save_results
+
+    kw = dict(backends="torch", budget_ms=None, peers=False, plots=False, **TINY)
+    a = run_benchmark(mechanisms="fake_quadratic", lengths=(8, 16), mode="fwd", **kw)
+    b = run_benchmark(mechanisms="fake_linear", lengths=(16, 32), mode="both", **kw)
+    b2 = run_benchmark(mechanisms="fake_linear", lengths=(16,), mode="fwd", **kw)
+    merged = merge_results([a, b, b2], sources=["a", "b", "b2"])
+    assert set(merged["series"]) == set(a["series"]) | set(b["series"])
+    assert merged["config"]["lengths"] == [8, 16, 32]
+    assert merged["config"]["modes"] == ["fwd", "fwdbwd"]
+    assert "a, b, b2" in merged["notes"][0]
+    pts, later = _points(merged), _points(b2)
+    for key, e in later.items():  # the later part's point replaces the earlier one
+        assert pts[key]["ms"] == e["ms"]
+    assert len(merged["timings"]) == len({*_points(a), *_points(b)})
+    slopes = merged["analysis"]["slopes"]["fwd"]
+    assert set(slopes) == set(merged["series"])
+    other = json.loads(json.dumps(b))
+    other["machine"]["device"] = "cuda"
+    with pytest.raises(ValueError, match="device"):
+        merge_results([a, other])
+    with pytest.raises(ValueError, match="parts"):
+        merge_results([])
+    # the command: pooled results.json and tables.md in --out
+    paths = [save_results(r, tmp_path / n / "results.json") for n, r in (("a", a), ("b", b))]
+    assert main(["--merge", *map(str, paths), "--out", str(tmp_path / "m"), "--no-plots"]) == 0
+    written = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert set(written["series"]) == set(merged["series"])
+    assert "### Time per call, fwdbwd" in (tmp_path / "m" / "tables.md").read_text()
