@@ -18,12 +18,13 @@ with ``h_n`` the state before the chunk::
 
 Numerical safety: every exponent evaluated is <= 0. ``A`` cannot be one matrix product for
 a vector gate (the decay depends on k), so the chunk is cut into sub-chunks of ``BC`` rows.
-For a sub-chunk ``I`` of rows and an earlier one ``J`` of columns, pick a row ``r`` with
-``j <= r <= i`` (the first row of ``I``): ``e^{b_i - b_j} = e^{b_i - b_r} e^{b_r - b_j}``,
-two factors <= 1, and the tile is ``(q_I ⊙ e^{b_I - b_r}) (k_J ⊙ e^{b_r - b_J})^T``, a
-matrix product. Diagonal tiles are summed column by column with masked exponents. A
-scalar gate (one number per row) has no such problem: ``A = (q k^T) ⊙ D`` with the
-chunk's [BT, BT] decay mask ``D_ij = e^{b_i - b_j}``, one product per chunk.
+For the keys of a sub-chunk ``J`` and a row ``i`` after it, pick the last row ``r`` of
+``J`` (``j <= r < i``): ``e^{b_i - b_j} = e^{b_i - b_r} e^{b_r - b_j}``, two factors <= 1,
+and the whole column block is ``(q ⊙ e^{b - b_r}) (k_J ⊙ e^{b_r - b_J})^T``, a matrix
+product (rows at or before ``r`` masked). The diagonal [BC, BC] blocks are summed one key
+offset at a time with masked exponents. A scalar gate (one number per row) has no such
+problem: ``A = (q k^T) ⊙ D`` with the chunk's [BT, BT] decay mask ``D_ij = e^{b_i - b_j}``,
+one product per chunk.
 
 Forward kernels, in launch order: ``_chunk_cumsum_kernel`` (b), ``_fwd_states_kernel``
 (the sequential scan over chunks that stores every h_n in fp32), ``_fwd_intra_kernel`` or
@@ -60,7 +61,11 @@ Backward, given ``do`` and the gradient ``dh_T`` of the final state (kernels
   (k_j ⊙ e^{b_L - b_j})^T dh_{n+1}``;
 * ``dq_i = e^{b_i} ⊙ (scale * h_n do_i) + sum_{j<=i} dA_ij k_j ⊙ e^{b_i - b_j}``,
   ``dk_j = e^{b_L - b_j} ⊙ (dh_{n+1} v_j) + sum_{i>=j} dA_ij q_i ⊙ e^{b_i - b_j}``
-  (tiles split at a middle row exactly as in the forward);
+  (tiles split at a middle row exactly as in the forward). For a vector gate dq and dk
+  are elementwise in k once dA is known, so ``_bwd_dqdk_kernel`` takes one chunk and a
+  slice of K per program: the inter-chunk products read each state once, earlier
+  sub-chunks add to dq (later ones to dk) as one [BT, BC] x [BC, BK] product each, and
+  the NC diagonal blocks go together, one in-block offset at a time;
 * the gate gradient. With global cumulative gates ``G_t = sum_{s<=t} g_s`` the output
   depends on G only through ``q~_t = q_t ⊙ e^{G_t}`` and ``k~_t = k_t ⊙ e^{-G_t}``
   (``o_i = scale sum_{j<=i} (q~_i . k~_j) v_j + scale q~_i^T h_0``), and the final state
@@ -95,10 +100,25 @@ CONFIG = {
     "BV_K256": 32,  # ... when K pads to 256, to keep the fp32 state block in registers
     "warps_state": 4,  # the sequential state scans
     "warps_chunk": 4,  # per-chunk kernels
+    "warps_intra": 8,  # the vector-gate A kernel: q and b of a whole chunk, [BT, BK] fp32 each
     "stages": 2,  # software pipelining of loads in loops: 2 keeps the fp32 K = 256 scans
     #               within shared memory (Triton's default 3 does not fit there)
     "BK_dg": 32,  # key columns per program of the gate-gradient scan
     "BK_dqdk_scalar": 64,  # key columns per program of the scalar-gate dq/dk kernel
+    # The vector-gate dq/dk kernel (_bwd_dqdk_kernel): one program per (slice of BK_dqdk
+    # key columns, chunk, batch*head). Its live tiles are [BT, BK_dqdk] fp32 (dq, dk, b
+    # and one gathered row set of k, q, b in the diagonal loop): at BT = 64, BK_dqdk = 64
+    # one such tile is 32 registers a thread over 4 warps, about six of them in the
+    # 255-register budget; BT = 128 doubles every tile, so 8 warps there. sm_90 builds
+    # (triton 3.6, bf16, BT = 64): 4 warps use 255 registers and spill 116 B (K = 128)
+    # or 192 B (K = 256), once, around the off-diagonal loops, not in the diagonal loop;
+    # 8 warps do not spill (206 / 207 registers). 4 warps let two programs share an SM
+    # (one waits at a barrier while the other computes): on an H200 (B=4, T=16384,
+    # H=16, K=V=128) a first version of this kernel took 8.5 ms with 4 warps, 10.6 ms
+    # with 8; the final version is not timed yet.
+    "BK_dqdk": 64,
+    "warps_dqdk": 4,
+    "warps_dqdk_BT128": 8,
     "decode_BV": 32,
     "decode_warps": 4,
     # The fused forward (form "fused_chunk", _fused_fwd_kernel): one program per (V-block,
@@ -145,6 +165,13 @@ def _load_rows(ptr, rows, T, cols, D, stride_t, other):
     """Rows ``rows`` (time indices) and columns ``cols`` of a [T, *, D] tensor (masked)."""
     mask = (rows[:, None] < T) & (rows[:, None] >= 0) & (cols[None, :] < D)
     return tl.load(ptr + rows[:, None] * stride_t + cols[None, :], mask=mask, other=other)
+
+
+@triton.jit
+def _load_pairs(ptr, rows, T, cols, D, stride_t):
+    """Row ``rows[i]`` for every i (rows may repeat), as a [len(rows), D] tile (masked)."""
+    mask = (rows[:, None] < T) & (cols[None, :] < D)
+    return tl.load(ptr + rows[:, None] * stride_t + cols[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
@@ -239,39 +266,6 @@ def _fwd_states_kernel(
 
 
 @triton.jit
-def _intra_tile(
-    x_ptr,
-    y_ptr,
-    gc_ptr,
-    xbase,
-    ybase,
-    gbase,
-    row0,
-    col0,
-    T,
-    H,
-    K,
-    BC: tl.constexpr,
-    BK: tl.constexpr,
-    SCALAR: tl.constexpr,
-):
-    """Tile [BC, BC] of sum_k x_ik y_jk e^{b_ik - b_jk} for rows i >= row0 > cols j >= col0
-    (an off-diagonal tile), split at row r = row0: both factors have exponents <= 0."""
-    cols_k = tl.arange(0, BK)
-    rows_i = row0 + tl.arange(0, BC)
-    rows_j = col0 + tl.arange(0, BC)
-    r = tl.minimum(row0, T - 1)
-    b_r = _load_gate_row(gc_ptr + gbase, r, cols_k, K, H, SCALAR)
-    b_i = _load_gate(gc_ptr + gbase, rows_i, T, cols_k, K, H, SCALAR)
-    b_j = _load_gate(gc_ptr + gbase, rows_j, T, cols_k, K, H, SCALAR)
-    x = _load_rows(x_ptr + xbase, rows_i, T, cols_k, K, H * K, 0.0).to(tl.float32)
-    y = _load_rows(y_ptr + ybase, rows_j, T, cols_k, K, H * K, 0.0).to(tl.float32)
-    x = x * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))
-    y = y * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))
-    return tl.dot(x, tl.trans(y))
-
-
-@triton.jit
 def _fwd_intra_kernel(
     q_ptr,
     k_ptr,
@@ -283,60 +277,51 @@ def _fwd_intra_kernel(
     BT: tl.constexpr,
     BC: tl.constexpr,
     BK: tl.constexpr,
-    SCALAR: tl.constexpr,
 ):
-    """A[t, j] = sum_k q_tk k_jk e^{b_tk - b_jk} for the rows of one sub-chunk, all BT
-    columns of its chunk (zeros above the diagonal). A is [B, T, H, BT] fp32.
-    Grid (N * NC, B*H)."""
+    """A[i, j] = sum_k q_ik k_jk e^{b_ik - b_jk} (j <= i) for one whole chunk: A is
+    [B, T, H, BT] fp32, zeros above the diagonal. Grid (N, B*H).
+
+    Column block J (the BC keys of sub-chunk J) against every later row i, split at J's
+    last row r: ``A[i, J] = (q_i ⊙ e^{b_i - b_r}) . (k_J ⊙ e^{b_r - b_J})``, one
+    [BT, BK] x [BK, BC] product per J, both exponents <= 0 for the rows that count
+    (rows at or before r are zeroed). The NC diagonal [BC, BC] blocks are summed together,
+    one key offset j at a time: row i meets key (i // BC) * BC + j of its own sub-chunk."""
     NC: tl.constexpr = BT // BC
-    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    i_n, i_c = i_s // NC, i_s % NC
     kbase = (i_b * T * H + i_h).to(tl.int64) * K
-    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
     abase = (i_b * T * H + i_h).to(tl.int64) * BT
     t0 = i_n * BT
-    row0 = t0 + i_c * BC
-    rows = row0 + tl.arange(0, BC)
+    idx = tl.arange(0, BT)  # row inside the chunk
+    rows = t0 + idx
     cols_k = tl.arange(0, BK)
     cols_c = tl.arange(0, BC)
-    for i_j in tl.static_range(NC):
-        if i_j < i_c:
-            tile = _intra_tile(
-                q_ptr,
-                k_ptr,
-                gc_ptr,
-                kbase,
-                kbase,
-                gbase,
-                row0,
-                t0 + i_j * BC,
-                T,
-                H,
-                K,
-                BC,
-                BK,
-                SCALAR,
-            )
-        elif i_j == i_c:
-            q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)
-            b_i = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)
-            tile = tl.zeros([BC, BC], dtype=tl.float32)
-            for j in tl.static_range(BC):
-                row_j = tl.minimum(row0 + j, T - 1)
-                k_j = tl.load(
-                    k_ptr + kbase + row_j * H * K + cols_k, mask=cols_k < K, other=0.0
-                ).to(tl.float32)
-                b_j = _load_gate_row(gc_ptr + gbase, row_j, cols_k, K, H, SCALAR)
-                keep = cols_c[:, None] >= j
-                e = tl.exp(tl.minimum(tl.where(keep, b_i - b_j[None, :], 0.0), 0.0))
-                a = tl.sum(tl.where(keep, q * k_j[None, :] * e, 0.0), axis=1)  # [BC]
-                tile = tl.where(cols_c[None, :] == j, a[:, None], tile)
-        else:
-            tile = tl.zeros([BC, BC], dtype=tl.float32)
-        cols = i_j * BC + cols_c
-        mask = (rows[:, None] < T) & (cols[None, :] < BT)
-        tl.store(A_ptr + abase + rows[:, None] * H * BT + cols[None, :], tile, mask=mask)
+    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)  # [BT, BK]
+    b = _load_rows(gc_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK] fp32
+    a_rows = A_ptr + abase + rows * H * BT  # [BT] start of each row of A
+    for i_j in range(NC):
+        keys = t0 + i_j * BC + cols_c  # [BC] time index of J's keys
+        r = tl.minimum(t0 + i_j * BC + BC - 1, T - 1)
+        b_r = tl.load(gc_ptr + kbase + r * H * K + cols_k, mask=cols_k < K, other=0.0)  # [BK]
+        k_j = _load_rows(k_ptr + kbase, keys, T, cols_k, K, H * K, 0.0).to(tl.float32)
+        b_j = _load_rows(gc_ptr + kbase, keys, T, cols_k, K, H * K, 0.0)
+        k_j = k_j * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))  # [BC, BK]
+        after = idx >= (i_j + 1) * BC  # rows after block J; the others get zeros
+        q_r = tl.where(after[:, None], q * tl.exp(tl.minimum(b - b_r[None, :], 0.0)), 0.0)
+        tile = tl.dot(q_r, tl.trans(k_j))  # [BT, BC]
+        # block J's own rows hold the diagonal block, written below
+        other_rows = (idx < i_j * BC) | after
+        mask = ((rows < T) & other_rows)[:, None] & (cols_c[None, :] < BC)
+        tl.store(a_rows[:, None] + (i_j * BC + cols_c)[None, :], tile, mask=mask)
+    first = (idx // BC) * BC  # [BT] first row of each row's sub-chunk
+    for j in range(BC):
+        key = t0 + first + j  # [BT] the key each row meets at offset j
+        k_p = _load_pairs(k_ptr + kbase, key, T, cols_k, K, H * K).to(tl.float32)  # [BT, BK]
+        b_p = _load_pairs(gc_ptr + kbase, key, T, cols_k, K, H * K)
+        keep = (idx - first) >= j  # key at or before the row (upper triangle: zeros)
+        e = tl.exp(tl.minimum(tl.where(keep[:, None], b - b_p, 0.0), 0.0))
+        a = tl.sum(tl.where(keep[:, None], q * k_p * e, 0.0), axis=1)  # [BT]
+        tl.store(a_rows + first + j, a, mask=rows < T)
 
 
 @triton.jit
@@ -610,97 +595,111 @@ def _bwd_dqdk_kernel(
     BC: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
-    SCALAR: tl.constexpr,
 ):
-    """dq and dk (fp32) for the rows of one sub-chunk. Grid (N * NC, B*H)."""
+    """Vector gate: dq, dk and dG = q ⊙ dq - k ⊙ dk for all BT rows of one chunk and one
+    slice of BK key columns. Grid (cdiv(K, BK), N, B*H).
+
+    Given dA (from ``_bwd_dA_kernel``) every term is elementwise in the key index, so the
+    K axis splits freely and each program reads its slice of h_n and dh_{n+1} once:
+
+    * inter-chunk: dq = scale e^b ⊙ (do h_n^T), dk = e^{b_L - b} ⊙ (v dh_{n+1}^T), summed
+      over V blocks;
+    * earlier sub-chunk J (columns) -> later rows, for dq: with r the last row of J,
+      e^{b_i - b_r} ⊙ [dA_{:,J} (k_J ⊙ e^{b_r - b_J})], dA masked to the rows after J, so
+      one [BT, BC] x [BC, BK] product per J updates the whole tile;
+    * later sub-chunk I (rows) -> earlier columns, for dk: with r the first row of I,
+      e^{b_r - b_j} ⊙ [dA_{I,:}^T (q_I ⊙ e^{b_I - b_r})], dA masked to the columns before I;
+    * the NC diagonal [BC, BC] blocks together, one offset j = 0 .. BC-1 at a time: row i
+      pairs with row p = (i // BC) BC + j of its own sub-chunk (gathered loads) and gets
+      dA_ip k_p e^{b_i - b_p} in dq if p <= i, dA_pi q_p e^{b_p - b_i} in dk if p >= i;
+      both use the one factor e^{-|b_i - b_p|}.
+
+    Every exponent is <= 0 where it counts and is clamped to <= 0 elsewhere (those
+    entries are masked off or meet a zero of dA). The diagonal loop runs first, before
+    any tensor-core product, so that its [BT, BK] updates need no layout conversion.
+    dG has one slice ([B, T, H, K]); the programs of one chunk write disjoint columns."""
     NC: tl.constexpr = BT // BC
-    i_s, i_bh = tl.program_id(0), tl.program_id(1)
+    i_k, i_n, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
-    i_n, i_c = i_s // NC, i_s % NC
     kbase = (i_b * T * H + i_h).to(tl.int64) * K
     vbase = (i_b * T * H + i_h).to(tl.int64) * V
-    gbase = (i_b * T * H + i_h).to(tl.int64) * (1 if SCALAR else K)
     abase = (i_b * T * H + i_h).to(tl.int64) * BT
+    gk_ptr = gc_ptr + kbase  # the vector gate has q's layout
     t0 = i_n * BT
-    row0 = t0 + i_c * BC
-    rows = row0 + tl.arange(0, BC)
+    rows = t0 + tl.arange(0, BT)
     last = tl.minimum(t0 + BT, T) - 1
-    cols_k = tl.arange(0, BK)
+    cols_k = i_k * BK + tl.arange(0, BK)
+    cols_t = tl.arange(0, BT)  # row (and dA column) index inside the chunk
     cols_c = tl.arange(0, BC)
-    b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BC, BK]
-    b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)
+    b = _load_rows(gk_ptr, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
+    b_last = tl.load(gk_ptr + last * H * K + cols_k, mask=cols_k < K, other=0.0)  # [BK]
+    # The NC diagonal blocks at once, offset j inside the sub-chunk: row i's partner is
+    # row p of the same sub-chunk at offset j; dq takes p <= i, dk takes p >= i. This
+    # loop comes first so that dq, dk stay in the elementwise (blocked) layout through it
+    # and meet the tensor-core layout of the products below once, not every iteration
+    # (seen in the sm_90 TTGIR: last, it converted two fp32 tiles per iteration).
+    dq = tl.zeros([BT, BK], dtype=tl.float32)
+    dk = tl.zeros([BT, BK], dtype=tl.float32)
+    sub = (cols_t // BC) * BC  # [BT]: first row of each row's sub-chunk
+    off = cols_t % BC  # [BT]: each row's offset inside its sub-chunk
+    for j in range(BC):
+        p = t0 + sub + j  # [BT]
+        k_p = _load_rows(k_ptr + kbase, p, T, cols_k, K, H * K, 0.0).to(tl.float32)
+        q_p = _load_rows(q_ptr + kbase, p, T, cols_k, K, H * K, 0.0).to(tl.float32)
+        b_p = _load_rows(gk_ptr, p, T, cols_k, K, H * K, 0.0)  # [BT, BK]
+        dA_ip = tl.load(dA_ptr + abase + rows * H * BT + sub + j, mask=rows < T, other=0.0)
+        dA_pi = tl.load(dA_ptr + abase + p * H * BT + cols_t, mask=p < T, other=0.0)
+        # mask the [BT] columns of dA, not the tiles: dq pairs p <= i, dk pairs p >= i
+        dA_ip = tl.where(off >= j, dA_ip, 0.0)
+        dA_pi = tl.where(off <= j, dA_pi, 0.0)
+        # b falls along the chunk (g <= 0), so |b_i - b_p| is b_i - b_p for p <= i and
+        # b_p - b_i for p >= i: one exponent, <= 0 by construction, serves both sides
+        e = tl.exp(-tl.abs(b - b_p))  # [BT, BK]
+        dq += dA_ip[:, None] * (k_p * e)
+        dk += dA_pi[:, None] * (q_p * e)
     # inter-chunk parts: through h_n (dq) and dh_{n+1} (dk), summed over V blocks
-    dq = tl.zeros([BC, BK], dtype=tl.float32)
-    dk = tl.zeros([BC, BK], dtype=tl.float32)
+    hq = tl.zeros([BT, BK], dtype=tl.float32)
+    hk = tl.zeros([BT, BK], dtype=tl.float32)
     sbase = (i_bh.to(tl.int64) * N + i_n) * K * V
     for i_v in range(tl.cdiv(V, BV)):
         cols_v = i_v * BV + tl.arange(0, BV)
-        do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
-        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)
+        do = _load_rows(do_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)  # [BT, BV]
+        v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)  # [BT, BV]
         smask = (cols_v[:, None] < V) & (cols_k[None, :] < K)
         soffs = cols_k[None, :] * V + cols_v[:, None]  # [BV, BK]: the state transposed
         hT = tl.load(hs_ptr + sbase + soffs, mask=smask, other=0.0).to(do.dtype)
         dhT = tl.load(dhs_ptr + sbase + soffs, mask=smask, other=0.0).to(v.dtype)
-        dq += tl.dot(do, hT)
-        dk += tl.dot(v, dhT)
-    dq = dq * scale * tl.exp(b)
-    dk = dk * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))
-    # intra-chunk, earlier sub-chunks J < I feed dq of these rows
-    for i_j in tl.static_range(NC):
-        if i_j < i_c:
-            dq += _dq_tile(
-                dA_ptr,
-                k_ptr,
-                gc_ptr,
-                abase,
-                kbase,
-                gbase,
-                row0,
-                t0 + i_j * BC,
-                i_j * BC,
-                T,
-                H,
-                K,
-                BT,
-                BC,
-                BK,
-                SCALAR,
-            )
-    # later sub-chunks I' > I feed dk of these rows (split at the last valid row of I)
-    r = tl.minimum(row0 + BC - 1, T - 1)
-    b_r = _load_gate_row(gc_ptr + gbase, r, cols_k, K, H, SCALAR)
-    acc = tl.zeros([BC, BK], dtype=tl.float32)
-    for i_i in tl.static_range(NC):
-        if i_i > i_c:
-            rows_i = t0 + i_i * BC + tl.arange(0, BC)
-            q_i = _load_rows(q_ptr + kbase, rows_i, T, cols_k, K, H * K, 0.0).to(tl.float32)
-            b_i = _load_gate(gc_ptr + gbase, rows_i, T, cols_k, K, H, SCALAR)
-            q_i = q_i * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))
-            dA = _load_rows(dA_ptr + abase, rows_i, T, i_c * BC + cols_c, BT, H * BT, 0.0)
-            acc += tl.dot(tl.trans(dA), q_i)  # [BC, BK]
-    dk += acc * tl.exp(tl.minimum(b_r[None, :] - b, 0.0))
-    # the diagonal tile, column by column (dq) and row by row (dk)
-    dA_blk = _load_rows(dA_ptr + abase, rows, T, i_c * BC + cols_c, BT, H * BT, 0.0)
-    for j in tl.static_range(BC):
-        row_j = tl.minimum(row0 + j, T - 1)
-        k_j = tl.load(k_ptr + kbase + row_j * H * K + cols_k, mask=cols_k < K, other=0.0).to(
-            tl.float32
-        )
-        q_j = tl.load(q_ptr + kbase + row_j * H * K + cols_k, mask=cols_k < K, other=0.0).to(
-            tl.float32
-        )
-        b_j = _load_gate_row(gc_ptr + gbase, row_j, cols_k, K, H, SCALAR)
-        valid_j = (row0 + j) < T
-        # dq_i += dA_ij k_j e^{b_i - b_j} for rows i >= j
-        keep = (cols_c[:, None] >= j) & valid_j
-        dA_col = tl.sum(tl.where(cols_c[None, :] == j, dA_blk, 0.0), axis=1)  # [BC]
-        e = tl.exp(tl.minimum(tl.where(keep, b - b_j[None, :], 0.0), 0.0))
-        dq += tl.where(keep, dA_col[:, None] * k_j[None, :] * e, 0.0)
-        # dk_i += dA_ji q_j e^{b_j - b_i} for rows i <= j (row j as the query)
-        keep_k = (cols_c[:, None] <= j) & valid_j
-        dA_row = tl.sum(tl.where(cols_c[:, None] == j, dA_blk, 0.0), axis=0)  # [BC]
-        e_k = tl.exp(tl.minimum(tl.where(keep_k, b_j[None, :] - b, 0.0), 0.0))
-        dk += tl.where(keep_k, dA_row[:, None] * q_j[None, :] * e_k, 0.0)
+        hq += tl.dot(do, hT)  # [BT, BK]
+        hk += tl.dot(v, dhT)  # [BT, BK]
+    dq += hq * scale * tl.exp(b)
+    dk += hk * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))
+    # intra-chunk, dq: each earlier sub-chunk J of columns feeds every row after it
+    for i_j in range(NC - 1):
+        c0 = i_j * BC  # J's first column inside the chunk
+        rows_j = t0 + c0 + cols_c
+        r = tl.minimum(t0 + c0 + BC - 1, T - 1)  # J's last row (clamped: a tail chunk)
+        b_r = tl.load(gk_ptr + r * H * K + cols_k, mask=cols_k < K, other=0.0)  # [BK]
+        k_j = _load_rows(k_ptr + kbase, rows_j, T, cols_k, K, H * K, 0.0).to(tl.float32)
+        b_j = _load_rows(gk_ptr, rows_j, T, cols_k, K, H * K, 0.0)  # [BC, BK]
+        k_j = k_j * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))  # rows j <= r
+        dA_j = _load_rows(dA_ptr + abase, rows, T, c0 + cols_c, BT, H * BT, 0.0)  # [BT, BC]
+        # keep the rows after J only: J's own rows are its diagonal block (done above),
+        # rows before J hold zeros of dA already
+        dA_j = tl.where(cols_t[:, None] >= c0 + BC, dA_j, 0.0)
+        dq += tl.dot(dA_j, k_j) * tl.exp(tl.minimum(b - b_r[None, :], 0.0))  # rows i > r
+    # intra-chunk, dk: each later sub-chunk I of rows feeds every column before it
+    for i_i in range(1, NC):
+        c0 = i_i * BC  # I's first row inside the chunk
+        rows_i = t0 + c0 + cols_c
+        r = tl.minimum(t0 + c0, T - 1)  # I's first row (clamped: then I has no valid row)
+        b_r = tl.load(gk_ptr + r * H * K + cols_k, mask=cols_k < K, other=0.0)  # [BK]
+        q_i = _load_rows(q_ptr + kbase, rows_i, T, cols_k, K, H * K, 0.0).to(tl.float32)
+        b_i = _load_rows(gk_ptr, rows_i, T, cols_k, K, H * K, 0.0)  # [BC, BK]
+        q_i = q_i * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))  # rows i >= r
+        dA_i = _load_rows(dA_ptr + abase, rows_i, T, cols_t, BT, H * BT, 0.0)  # [BC, BT]
+        # keep the columns before I only (I's own columns are the diagonal block)
+        dA_i = tl.where(cols_t[None, :] < c0, dA_i, 0.0)
+        dk += tl.dot(tl.trans(dA_i), q_i) * tl.exp(tl.minimum(b_r[None, :] - b, 0.0))
     mask = (rows[:, None] < T) & (cols_k[None, :] < K)
     offs = rows[:, None] * H * K + cols_k[None, :]
     tl.store(dq_ptr + kbase + offs, dq.to(dq_ptr.dtype.element_ty), mask=mask)
@@ -709,39 +708,6 @@ def _bwd_dqdk_kernel(
     q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)
     k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)
     tl.store(dG_ptr + kbase + offs, q * dq - k * dk, mask=mask)
-
-
-@triton.jit
-def _dq_tile(
-    dA_ptr,
-    k_ptr,
-    gc_ptr,
-    abase,
-    kbase,
-    gbase,
-    row0,
-    col0,
-    acol0,
-    T,
-    H,
-    K,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-    BK: tl.constexpr,
-    SCALAR: tl.constexpr,
-):
-    """e^{b_I - b_r} ⊙ (dA_IJ (k_J ⊙ e^{b_r - b_J})) for an earlier sub-chunk J, r = row0."""
-    cols_k = tl.arange(0, BK)
-    rows_i = row0 + tl.arange(0, BC)
-    rows_j = col0 + tl.arange(0, BC)
-    r = tl.minimum(row0, T - 1)
-    b_r = _load_gate_row(gc_ptr + gbase, r, cols_k, K, H, SCALAR)
-    b_i = _load_gate(gc_ptr + gbase, rows_i, T, cols_k, K, H, SCALAR)
-    b_j = _load_gate(gc_ptr + gbase, rows_j, T, cols_k, K, H, SCALAR)
-    k = _load_rows(k_ptr + kbase, rows_j, T, cols_k, K, H * K, 0.0).to(tl.float32)
-    k = k * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))
-    dA = _load_rows(dA_ptr + abase, rows_i, T, acol0 + tl.arange(0, BC), BT, H * BT, 0.0)
-    return tl.dot(dA, k) * tl.exp(tl.minimum(b_i - b_r[None, :], 0.0))
 
 
 @triton.jit
@@ -1008,8 +974,10 @@ def _intra(q, k, gc, scalar, BT):
     A = runtime.new_empty((B, T, H, BT), dtype=torch.float32, device=q.device)
     if scalar:  # one [BT, BT] product per chunk
         grid, kernel, kw = (N, B * H), _fwd_intra_scalar_kernel, {}
+        warps = CONFIG["warps_chunk"]
     else:  # sub-chunk tiles (module docstring)
-        grid, kernel, kw = (N * (BT // BC), B * H), _fwd_intra_kernel, {"BC": BC, "SCALAR": False}
+        grid, kernel, kw = (N, B * H), _fwd_intra_kernel, {"BC": BC}
+        warps = CONFIG["warps_intra"]
     kernel[grid](
         q,
         k,
@@ -1020,7 +988,7 @@ def _intra(q, k, gc, scalar, BT):
         K,
         BT=BT,
         BK=_pow2(K),
-        num_warps=CONFIG["warps_chunk"],
+        num_warps=warps,
         num_stages=CONFIG["stages"],
         **kw,
     )
@@ -1131,15 +1099,16 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
         NKS = triton.cdiv(K, BKs)
         dG = runtime.new_empty((NKS, *gc.shape), dtype=f32, device=dev)
         grid, kernel, kw = (N, NKS, B * H), _bwd_dqdk_scalar_kernel, {"BK": BKs}
-    else:
+        warps = CONFIG["warps_chunk"]
+    else:  # K split in slices too, each writing its own columns of the one dG
         NKS = 1
+        BKs = min(BK, CONFIG["BK_dqdk"])
         dG = runtime.new_empty(tuple(gc.shape), dtype=f32, device=dev)  # dL/dG
-        grid, kernel, kw = (N * (BT // BC), B * H), _bwd_dqdk_kernel, {"BK": BK, "BC": BC}
-        kw["SCALAR"] = False
+        grid, kernel, kw = (triton.cdiv(K, BKs), N, B * H), _bwd_dqdk_kernel, {"BK": BKs}
+        kw["BC"] = BC
+        warps = CONFIG["warps_dqdk"] if BT <= 64 else CONFIG["warps_dqdk_BT128"]
     args = (q, k, v, do, gc, dA, hs, dhs, dq, dk, dG, scale, T, H, K, V, N)
-    kernel[grid](
-        *args, BT=BT, BV=BVb, num_warps=CONFIG["warps_chunk"], num_stages=CONFIG["stages"], **kw
-    )
+    kernel[grid](*args, BT=BT, BV=BVb, num_warps=warps, num_stages=CONFIG["stages"], **kw)
     # the gate gradient (module docstring): dg_t = sum_{s >= t} dG_s, plus the final
     # state's share sum_v dh_T ⊙ h_T at every step
     dgl = None
