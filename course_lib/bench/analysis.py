@@ -220,6 +220,8 @@ def to_markdown(results: Mapping[str, Any], bandwidth_GBps: float | None = None)
             for s in results["series"]
             if any(entries.get((s, mode, T), {}).get("status") == "ok" for T in lengths)
         ]
+        if not names:  # nothing timed in this mode (a decode-only run): the notes say why
+            continue
         out += [f"### Time per call, {mode} (ms, median)", ""]
         rows = [[s] + [_cell(entries.get((s, mode, T))) for T in lengths] for s in names]
         out += [_table(["series"] + [f"T={T}" for T in lengths], rows), ""]

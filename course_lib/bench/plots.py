@@ -132,6 +132,8 @@ def save_plots(results: Mapping[str, Any], out_dir: str | os.PathLike[str]) -> d
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for mode in results.get("config", {}).get("modes", ["fwd"]):
+        if not any(e["mode"] == mode and e["status"] == "ok" for e in results["timings"]):
+            continue  # nothing timed in this mode: no empty plot
         path = out / f"time_{mode}.png"
         plot_scaling(results, mode).savefig(path, dpi=120)
         written[f"plot_{mode}"] = str(path)

@@ -63,9 +63,10 @@ class MambaBlock(nn.Module):
         dt_min, dt_max, dt_init_floor: range of the initial step sizes.
         chunk_size: chunk length of the torch scan.
         backend: ``"torch"`` or ``"triton"`` (the registered selective-scan kernel).
-        form: the registered form used when ``backend`` is not torch (``"block_scan"``: on
-            an H200 0.91-1.09x mamba_ssm's CUDA scan forward and faster than ``"scan"``
-            forward and backward, BENCHMARKS.md).
+        form: the registered form used when ``backend`` is not torch (``"block_adjoint"``:
+            the block forward, on an H200 0.90-1.09x mamba_ssm's CUDA scan at L = 4096 to
+            65536, with the block backward, 22% faster forward+backward than
+            ``"block_scan"``'s step backward at L = 32768, BENCHMARKS.md).
     """
 
     mechanism = "selective_scan"
@@ -82,7 +83,7 @@ class MambaBlock(nn.Module):
         dt_init_floor: float = 1e-4,
         chunk_size: int = 64,
         backend: str = "torch",
-        form: str = "block_scan",
+        form: str = "block_adjoint",
     ) -> None:
         super().__init__()
         self.d_model = M = check_positive_int("d_model", d_model)
