@@ -6,7 +6,8 @@
 #
 #   usage: benchmarks/h200.sh [OUT_DIR] [part...]
 #   parts: tests attention_fwd attention_fwdbwd attention_torch ssm ssm_family decode
-#          notebooks mqar
+#          notebooks mqar, and one mechanism at a time (the fourth session's recording):
+#          softmax linear gla decode_steps
 #
 # Each part writes its own folder under OUT_DIR and is sized to finish in under ten
 # minutes on an H200, so the parts can be spread over several short sessions. The
@@ -23,6 +24,8 @@ PY=${PYTHON:-python3}
 LIMIT=${PART_TIMEOUT:-590}
 LENGTHS="512 1024 2048 4096 8192 16384 32768 65536"
 ATTN="--batch 4 --heads 16 --head-dim 128 --dtype bfloat16 --device cuda --budget-ms 3000 --no-progress"
+# fla's first calls autotune for minutes: time the course's series first, then the peers
+ONE="$ATTN --peers-last --backends triton --lengths $LENGTHS"
 ATTN_MECHS="softmax_attention linear_attention gated_linear_attention"
 SSM="--batch 4 --channels 2048 --d-state 16 --heads 16 --head-dim 128 --dtype bfloat16 --device cuda --budget-ms 3000 --no-progress"
 bench() { local name=$1; shift; timeout "$LIMIT" $PY -m course_lib.bench "$@" --out "$OUT/$name" 2>&1 | tee "$OUT/$name.log" | tail -40; }
@@ -51,6 +54,14 @@ for part in $PARTS; do
       bench ssm_family $SSM --lengths 1024 2048 4096 8192 16384 32768 65536 --mode both \
         --mechanisms lti_ssm h3 ssd mamba_block --backends torch --forms fft gla scan forward \
         --cases diag_complex heads default --no-peers ;;
+    softmax)  # the fourth session ran --mode fwdbwd (the forward is in attention_fwd)
+      bench softmax_fwdbwd $ONE --mechanisms softmax_attention --cases causal --mode fwdbwd ;;
+    linear)
+      bench linear_attention $ONE --mechanisms linear_attention --cases plain --mode both ;;
+    gla)  # both gates: fla's chunk_gla (vector) and chunk_simple_gla (scalar)
+      bench gla $ONE --mechanisms gated_linear_attention --cases vector scalar --mode both ;;
+    decode_steps)  # the decode steps alone, without the forwards of the decode part
+      bench decode_steps $ATTN --decode-only --lengths 1024 4096 16384 65536 ;;
     decode)  # per-token latency and cache/state memory against position
       bench decode $ATTN --lengths 1024 4096 16384 65536 --decode --mode fwd --no-peers \
         --mechanisms $ATTN_MECHS selective_scan --backends triton ;;
