@@ -299,7 +299,12 @@ def _fwd_intra_kernel(
     q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)  # [BT, BK]
     b = _load_rows(gc_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK] fp32
     a_rows = A_ptr + abase + rows * H * BT  # [BT] start of each row of A
-    for i_j in range(NC):
+    # the last column block has no later rows: only zeros above its diagonal block
+    last_cols = (NC - 1) * BC + cols_c
+    zeros = tl.zeros([BT, BC], dtype=tl.float32)
+    mask = ((rows < T) & (idx < (NC - 1) * BC))[:, None] & (cols_c[None, :] < BC)
+    tl.store(a_rows[:, None] + last_cols[None, :], zeros, mask=mask)
+    for i_j in range(NC - 1):
         keys = t0 + i_j * BC + cols_c  # [BC] time index of J's keys
         r = tl.minimum(t0 + i_j * BC + BC - 1, T - 1)
         b_r = tl.load(gc_ptr + kbase + r * H * K + cols_k, mask=cols_k < K, other=0.0)  # [BK]

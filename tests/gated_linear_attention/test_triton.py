@@ -155,6 +155,9 @@ AWKWARD = [
     (1, 65, 1, 16, 12, True, 32),
     (2, 17, 1, 16, 16, True, 16),
     (1, 20, 1, 80, 16, True, 16),  # a scalar gate's dq/dk kernel splits K = 80 in two
+    (1, 40, 2, 100, 24, False, 32),  # vector gate: K = 100 in two key slices, two sub-chunks
+    (1, 19, 1, 16, 16, False, 16),  # vector gate, one sub-chunk per chunk (diagonal only)
+    (1, 130, 1, 16, 8, False, 128),  # vector gate, eight sub-chunks, a 2-row tail chunk
 ]
 
 
