@@ -65,8 +65,9 @@ for part in $PARTS; do
     decode)  # per-token latency and cache/state memory against position
       bench decode $ATTN --lengths 1024 4096 16384 65536 --decode --mode fwd --no-peers \
         --mechanisms $ATTN_MECHS selective_scan --backends triton ;;
-    notebooks)  # every chapter top to bottom, compiled kernels, one at a time
-      $PY -m course_lib.notebook_tools run notebooks/*.ipynb --timeout 300 \
+    notebooks)  # every chapter top to bottom, compiled kernels, one at a time; the executed
+                # copies (printed checks, figures) go to OUT/notebooks
+      $PY -m course_lib.notebook_tools run notebooks/*.ipynb --timeout 300 --out "$OUT/notebooks" \
         2>&1 | grep -v IPKernelApp | tee "$OUT/notebooks_run.txt" ;;
     mqar)  # the recorded MQAR grid of chapter 10: one process per mixer side by side (the
            # tiny models leave the GPU mostly idle), joined into one file every 20 s; each
