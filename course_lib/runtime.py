@@ -97,6 +97,34 @@ def supports_bf16(device: Any = None) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def device_capability(device: Any) -> tuple[int, int] | None:
+    """CUDA compute capability of ``device``, e.g. (7, 5) on a T4; None in the Triton
+    interpreter or off CUDA. Launchers pick smaller tiles below (8, 0) and treat None as
+    8.0 or newer."""
+    import torch
+
+    device = torch.device(device)
+    if triton_mode() == "interpreter" or device.type != "cuda":
+        return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def check_bf16_supported(**tensors: Any) -> None:
+    """Refuse a bfloat16 tensor on a GPU below compute capability 8.0 (a T4: no bf16 in
+    Triton there), naming it. Call with the launcher's inputs; None entries are skipped."""
+    import torch
+
+    for name, x in tensors.items():
+        if x is None or x.dtype != torch.bfloat16:
+            continue
+        cap = device_capability(x.device)
+        if cap is not None and cap < (8, 0):
+            raise TypeError(
+                f"{name} is bfloat16, but this GPU (compute capability {cap[0]}.{cap[1]}) "
+                "has no bf16 support in Triton; use float16 or float32"
+            )
+
+
 _POISON = {"on": False}
 
 
@@ -145,9 +173,10 @@ def report() -> dict[str, str]:
         info["device"] = f"cuda: {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})"
         if cap[0] < 8:
             info["note"] = (
-                "compute capability below 8.0: Triton is not officially supported here, "
-                "bf16 does not exist (the course uses fp16/fp32), and several course kernels "
-                "need more shared memory than such GPUs have (not supported yet, see README)"
+                "compute capability below 8.0: Triton is not officially supported here and "
+                "bf16 does not exist (the course uses fp16/fp32; the kernels refuse bf16); "
+                "the kernels pick smaller tiles that fit 64 KB of shared memory, checked by "
+                "compiling for sm_75 but not yet run on such a GPU (see README)"
             )
     else:
         info["device"] = "cpu"

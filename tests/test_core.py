@@ -127,6 +127,22 @@ def test_triton_mode_is_interpreter_without_gpu() -> None:
         assert runtime.triton_mode() in ("interpreter", "unavailable")
 
 
+def test_bf16_check_below_compute_capability_8(monkeypatch) -> None:
+    """The Triton launchers' shared bf16 check: refused below 8.0, naming the argument;
+    other dtypes, 8.0 and newer, and None (interpreter, CPU) pass."""
+    if not torch.cuda.is_available():
+        assert runtime.device_capability("cpu") is None
+    x16, xb = torch.ones(2, dtype=torch.float16), torch.ones(2, dtype=torch.bfloat16)
+    monkeypatch.setattr(runtime, "device_capability", lambda device: (7, 5))
+    runtime.check_bf16_supported(q=x16, k=None)
+    msg = r"^u is bfloat16, but this GPU \(compute capability 7\.5\) has no bf16 support in "
+    with pytest.raises(TypeError, match=msg + r"Triton; use float16 or float32$"):
+        runtime.check_bf16_supported(q=x16, u=xb)
+    for cap in ((8, 0), (9, 0), None):
+        monkeypatch.setattr(runtime, "device_capability", lambda device, cap=cap: cap)
+        runtime.check_bf16_supported(q=xb)
+
+
 def test_import_is_cheap_and_defines_no_kernels() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import course_lib; "

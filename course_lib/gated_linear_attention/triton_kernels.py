@@ -151,6 +151,47 @@ CONFIG = {
         "stage_bytes": 160 * 1024,
     },
 }
+# Below compute capability 8.0 (a T4, sm_75) a block may use at most 64 KB of shared memory
+# and tl.dot has no fp32 tensor-core path: fp32 products become FMAs whose operands are
+# re-laid-out through shared memory, a whole tile at a time (the vector-gate A kernel
+# computes in fp32 whatever the input dtype), and the software pipeliner has no
+# asynchronous copies (sm_80 brought them) to overlap loads with. Compiled ahead of time
+# for sm_75 (Triton 3.6) with CONFIG, many fp32 launches at K >= 128 needed 72 to 152 KB
+# (the fused walk at K = 256 the most), and at K = 256 the fused walk (72 KB) and the A
+# kernel (80 KB) went over in fp16 too: a [BT, BK] fp32 tile such as q ⊙ e^b is 64 KB at
+# BT = 64, K = 256. So below 8.0 (the launchers read the capability of q's device; the
+# interpreter counts as 8.0 or newer) these entries replace CONFIG's: chunks of at most
+# "max_BT" steps and short enough that one [BT, BK] tile of the input dtype takes at
+# most "max_tile_bytes" (BT = 64 for fp16 up to K = 128
+# and fp32 up to K = 64, 32 at fp16 K = 256 and fp32 K = 128, 16 at fp32 K = 256; a longer
+# chunk_size is cut, the result does not depend on it), V blocks of 32 (16 at K = 256) in
+# the chunkwise kernels and the fused walk, and one pipeline stage.
+# With these, all 507 distinct launches of this module's sm_75 compile (fp16 and fp32, K
+# and V from 16 to 256, every chunk size, both gates, both forms, forward and backward)
+# fit, the largest in 56 KB; the worst register spill is 8 KB of stores (the fused walk,
+# fp16, K = 64). Not run on a T4 yet.
+PRE_AMPERE = {
+    "max_BT": 64,
+    "max_tile_bytes": 16 * 1024,
+    "BV": 32,
+    "BV_K256": 16,
+    "stages": 1,
+    "fused": {"BV": 32, "BV_K256": 16, "num_stages": 1},
+}
+
+
+def _settings(capability: tuple[int, int] | None) -> dict:
+    """CONFIG, with PRE_AMPERE's entries in place below compute capability 8.0 (None, the
+    interpreter or a CPU tensor, counts as 8.0 or newer)."""
+    if capability is None or tuple(capability) >= (8, 0):
+        return CONFIG
+    fused = {**CONFIG["fused"], **PRE_AMPERE["fused"]}
+    return {**CONFIG, **{k: v for k, v in PRE_AMPERE.items() if k != "fused"}, "fused": fused}
+
+
+def _config(x: torch.Tensor) -> dict:
+    """The launch settings for the GPU that holds ``x`` (:func:`_settings`)."""
+    return _settings(runtime.device_capability(x.device))
 
 
 def _pow2(n: int, low: int = 16) -> int:
@@ -918,10 +959,10 @@ def _sizes(q, v, BT):
     return B, T, H, K, V, triton.cdiv(T, BT)
 
 
-def _blocks(K, V):
+def _blocks(K, V, cfg=CONFIG):
     """(BK, BV) of the chunkwise kernels: K padded to a power of two, V blocked."""
     BK = _pow2(K)
-    BV = min(CONFIG["BV"] if BK <= 128 else CONFIG["BV_K256"], _pow2(V))
+    BV = min(cfg["BV"] if BK <= 128 else cfg["BV_K256"], _pow2(V))
     return BK, BV
 
 
@@ -939,7 +980,8 @@ def _cumsum(g, scalar, BT):
 def _states(k, v, gc, h0, output_final_state, scalar, BT):
     """Every chunk's entering state hs [B, H, N, K, V] fp32, and the final state or None."""
     B, T, H, K, V, N = _sizes(k, v, BT)
-    BK, BVb = _blocks(K, V)
+    cfg = _config(k)
+    BK, BVb = _blocks(K, V, cfg)
     dev = k.device
     hs = runtime.new_empty((B, H, N, K, V), dtype=torch.float32, device=dev)
     ht = (
@@ -965,8 +1007,8 @@ def _states(k, v, gc, h0, output_final_state, scalar, BT):
         SCALAR=scalar,
         HAS_H0=h0 is not None,
         STORE_HT=ht is not None,
-        num_warps=CONFIG["warps_state"],
-        num_stages=CONFIG["stages"],
+        num_warps=cfg["warps_state"],
+        num_stages=cfg["stages"],
     )
     return hs, ht
 
@@ -975,14 +1017,15 @@ def _intra(q, k, gc, scalar, BT):
     """The intra-chunk matrix A [B, T, H, BT] fp32 (zeros above the diagonal)."""
     B, T, H, K = q.shape
     N = triton.cdiv(T, BT)
-    BC = min(CONFIG["BC"], BT)
+    cfg = _config(q)
+    BC = min(cfg["BC"], BT)
     A = runtime.new_empty((B, T, H, BT), dtype=torch.float32, device=q.device)
     if scalar:  # one [BT, BT] product per chunk
         grid, kernel, kw = (N, B * H), _fwd_intra_scalar_kernel, {}
-        warps = CONFIG["warps_chunk"]
+        warps = cfg["warps_chunk"]
     else:  # sub-chunk tiles (module docstring)
         grid, kernel, kw = (N, B * H), _fwd_intra_kernel, {"BC": BC}
-        warps = CONFIG["warps_intra"]
+        warps = cfg["warps_intra"]
     kernel[grid](
         q,
         k,
@@ -994,7 +1037,7 @@ def _intra(q, k, gc, scalar, BT):
         BT=BT,
         BK=_pow2(K),
         num_warps=warps,
-        num_stages=CONFIG["stages"],
+        num_stages=cfg["stages"],
         **kw,
     )
     return A
@@ -1003,7 +1046,8 @@ def _intra(q, k, gc, scalar, BT):
 def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
     """Forward stages; returns o, the final state (or None) and what backward needs."""
     B, T, H, K, V, N = _sizes(q, v, BT)
-    BK, BVb = _blocks(K, V)
+    cfg = _config(q)
+    BK, BVb = _blocks(K, V, cfg)
     gc = _cumsum(g, scalar, BT)
     hs, ht = _states(k, v, gc, h0, output_final_state, scalar, BT)
     A = _intra(q, k, gc, scalar, BT)
@@ -1025,17 +1069,17 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         BK=BK,
         BV=BVb,
         SCALAR=scalar,
-        num_warps=CONFIG["warps_chunk"],
-        num_stages=CONFIG["stages"],
+        num_warps=cfg["warps_chunk"],
+        num_stages=cfg["stages"],
     )
     return o, ht, (gc, hs, A)
 
 
 def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT):
-    BC, BV = min(CONFIG["BC"], BT), CONFIG["BV"]
+    cfg = _config(q)
+    BC = min(cfg["BC"], BT)
     B, T, H, K, V, N = _sizes(q, v, BT)
-    BK = _pow2(K)
-    BVb = min(BV if BK <= 128 else CONFIG["BV_K256"], _pow2(V))
+    BK, BVb = _blocks(K, V, cfg)
     dev = q.device
     f32 = torch.float32
     dhs = runtime.new_empty((B, H, N, K, V), dtype=f32, device=dev)
@@ -1059,8 +1103,8 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
         SCALAR=scalar,
         HAS_DHT=dht is not None,
         STORE_DH0=dh0 is not None,
-        num_warps=CONFIG["warps_state"],
-        num_stages=CONFIG["stages"],
+        num_warps=cfg["warps_state"],
+        num_stages=cfg["stages"],
     )
     dA = runtime.new_empty((B, T, H, BT), dtype=f32, device=dev)
     _bwd_dA_kernel[(N, B * H)](
@@ -1073,8 +1117,8 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
         V,
         BT=BT,
         BV=BVb,
-        num_warps=CONFIG["warps_chunk"],
-        num_stages=CONFIG["stages"],
+        num_warps=cfg["warps_chunk"],
+        num_stages=cfg["stages"],
     )
     dv = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
     _bwd_dv_kernel[(triton.cdiv(V, BVb), N, B * H)](
@@ -1094,33 +1138,33 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
         BK=BK,
         BV=BVb,
         SCALAR=scalar,
-        num_warps=CONFIG["warps_chunk"],
-        num_stages=CONFIG["stages"],
+        num_warps=cfg["warps_chunk"],
+        num_stages=cfg["stages"],
     )
     dq = runtime.new_empty((B, T, H, K), dtype=q.dtype, device=dev)
     dk = runtime.new_empty((B, T, H, K), dtype=k.dtype, device=dev)
     if scalar:  # K split in slices; dG holds each slice's share, summed by _bwd_dg_kernel
-        BKs = min(BK, CONFIG["BK_dqdk_scalar"])
+        BKs = min(BK, cfg["BK_dqdk_scalar"])
         NKS = triton.cdiv(K, BKs)
         dG = runtime.new_empty((NKS, *gc.shape), dtype=f32, device=dev)
         grid, kernel, kw = (N, NKS, B * H), _bwd_dqdk_scalar_kernel, {"BK": BKs}
-        warps = CONFIG["warps_chunk"]
+        warps = cfg["warps_chunk"]
     else:  # K split in slices too, each writing its own columns of the one dG
         NKS = 1
-        BKs = min(BK, CONFIG["BK_dqdk"])
+        BKs = min(BK, cfg["BK_dqdk"])
         dG = runtime.new_empty(tuple(gc.shape), dtype=f32, device=dev)  # dL/dG
         grid, kernel, kw = (triton.cdiv(K, BKs), N, B * H), _bwd_dqdk_kernel, {"BK": BKs}
         kw["BC"] = BC
-        warps = CONFIG["warps_dqdk"] if BT <= 64 else CONFIG["warps_dqdk_BT128"]
+        warps = cfg["warps_dqdk"] if BT <= 64 else cfg["warps_dqdk_BT128"]
     args = (q, k, v, do, gc, dA, hs, dhs, dq, dk, dG, scale, T, H, K, V, N)
-    kernel[grid](*args, BT=BT, BV=BVb, num_warps=warps, num_stages=CONFIG["stages"], **kw)
+    kernel[grid](*args, BT=BT, BV=BVb, num_warps=warps, num_stages=cfg["stages"], **kw)
     # the gate gradient (module docstring): dg_t = sum_{s >= t} dG_s, plus the final
     # state's share sum_v dh_T ⊙ h_T at every step
     dgl = None
     if dht is not None and ht is not None:
         dgl = (dht.float() * ht).sum(-1).contiguous()  # [B, H, K]
     dg = runtime.new_empty(tuple(gc.shape), dtype=f32, device=dev)
-    BKg = BK if scalar else min(BK, CONFIG["BK_dg"])  # a scalar gate: one program per head
+    BKg = BK if scalar else min(BK, cfg["BK_dg"])  # a scalar gate: one program per head
     _bwd_dg_kernel[(triton.cdiv(K, BKg), B * H)](
         dG,
         dG if dgl is None else dgl,
@@ -1134,8 +1178,8 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
         BK=BKg,
         SCALAR=scalar,
         HAS_DGL=dgl is not None,
-        num_warps=CONFIG["warps_state"],
-        num_stages=CONFIG["stages"],
+        num_warps=cfg["warps_state"],
+        num_stages=cfg["stages"],
     )
     return dq, dk, dv, dg, dh0
 
@@ -1164,11 +1208,11 @@ class _ChunkGLA(torch.autograd.Function):
         return (dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None)
 
 
-def _fused_launch_config(BT, BK, esize, scalar):
-    """(num_warps, num_stages) of ``_fused_fwd_kernel`` from ``CONFIG["fused"]``: as many
+def _fused_launch_config(BT, BK, esize, scalar, settings=CONFIG):
+    """(num_warps, num_stages) of ``_fused_fwd_kernel`` from ``settings["fused"]``: as many
     pipelined chunks of loads as fit ``stage_bytes``, at least 1 (no pipelining) and at
     most ``num_stages``. A stage holds q and k (and for a vector gate b and A in fp32)."""
-    cfg = CONFIG["fused"]
+    cfg = settings["fused"]
     stage = 2 * BT * BK * esize  # q and k of one chunk
     if not scalar:
         stage += BT * (BK + BT) * 4  # b [BT, BK] and A [BT, BT], fp32
@@ -1181,10 +1225,11 @@ def _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT):
     """o and the final state (or None) in one walk over the chunks (``_fused_fwd_kernel``);
     ``A`` is the vector gate's intra-chunk matrix (None for a scalar gate)."""
     B, T, H, K, V, N = _sizes(q, v, BT)
-    cfg = CONFIG["fused"]
+    settings = _config(q)
+    cfg = settings["fused"]
     BK = _pow2(K)
     BVb = min(cfg["BV"] if BK <= 128 else cfg["BV_K256"], _pow2(V))
-    num_warps, num_stages = _fused_launch_config(BT, BK, q.element_size(), scalar)
+    num_warps, num_stages = _fused_launch_config(BT, BK, q.element_size(), scalar, settings)
     dev = q.device
     o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
     ht = (
@@ -1271,10 +1316,15 @@ def _launch(
     checks.check_shapes(dims, g=(g, spec))
     _check_log_gate_fast("g", g)
     checks.check_same_dtype(q=q, k=k, v=v)
+    runtime.check_bf16_supported(q=q)  # no bf16 below compute capability 8.0
     if dims["K"] > 256 or dims["V"] > 256:
         raise ValueError(
             f"{name} supports head dims up to 256 (q/k: K, v: V), got K={dims['K']}, V={dims['V']}"
         )
+    cfg = _config(q)
+    if cfg is not CONFIG:  # below compute capability 8.0: shorter chunks (PRE_AMPERE)
+        row = _pow2(dims["K"]) * q.element_size()  # bytes of one row of a [BT, BK] tile
+        chunk_size = min(chunk_size, cfg["max_BT"], cfg["max_tile_bytes"] // row)
     scale = dims["K"] ** -0.5 if scale is None else float(scale)
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
@@ -1300,9 +1350,10 @@ def chunk_gla(
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; g: log gates ``[B, T, H, K]`` (<= 0);
     initial_state: ``[B, H, K, V]``. Returns ``o [B, T, H, V]`` in v's dtype and the final
     state ``[B, H, K, V]`` in fp32 (``None`` unless ``output_final_state``). Chunks of
-    ``chunk_size`` steps (the module docstring gives the algorithm); inputs fp32, fp16 or
-    bf16, all accumulation in fp32; K and V up to 256 (padded to a power of two >= 16
-    and masked), any T.
+    ``chunk_size`` steps (the module docstring gives the algorithm; below compute
+    capability 8.0 possibly fewer, see :data:`PRE_AMPERE`); inputs fp32, fp16 or bf16 (not
+    bf16 below 8.0), all accumulation in fp32; K and V up to 256 (padded to a power of
+    two >= 16 and masked), any T.
     """
     return _launch(
         q, k, v, g, scale, initial_state, output_final_state, False, "chunk_gla", chunk_size
@@ -1419,6 +1470,7 @@ def gla_decode_step(
         raise ValueError("g_t must have shape [B, H] or [B, H, K] (log gates)")
     checks.check_shapes(dims, g_t=(g_t, "B H" if g_t.dim() == 2 else "B H K"))
     _check_log_gate_fast("g_t", g_t)
+    runtime.check_bf16_supported(q_t=q_t)  # no bf16 below compute capability 8.0
     if scale is not None:
         checks.check_positive_float("scale", scale)
     B, H, K = q_t.shape

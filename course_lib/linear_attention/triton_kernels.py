@@ -133,21 +133,56 @@ CONFIG: dict[str, dict[str, int]] = {
         "stage_bytes": 100_000,
     },
 }
+# Below compute capability 8.0 (a T4, sm_75) a block may use at most 64 KB of shared memory
+# and tl.dot has no fp32 tensor-core path: fp32 products become FMAs whose operands are
+# re-laid-out through shared memory, a whole tile at a time. Compiled ahead of time for
+# sm_75 (Triton 3.6) with the settings above, the output kernel needed 128 KB at fp32 and
+# C = 128 (the [C, C] fp32 score block alone is 64 KB) and the fused forward 72 to 128 KB
+# (C = 128 even at K = 16 in fp16, K = 256, fp32 at K = 128). So below 8.0 (the launchers
+# read the capability of q's device; the interpreter counts as 8.0 or newer):
+# "max_chunk": the kernels run chunks of at most this length, whatever chunk_size asks
+#   for; the result does not depend on the chunk length (only the split of the work does).
+# "fused_stage_bytes": the fused forward runs only where one (q, k, v) chunk takes at most
+#   this many bytes, in place of CONFIG["fused"]["stage_bytes"]; larger shapes run the
+#   chunkwise kernels, as fp32 at K = 256 does on the H200. (So at C = 64 fp16 with
+#   K > 128 and fp32 with K > 64 run chunkwise.)
+# With these, all 266 distinct launches of this module's sm_75 compile (fp16 and fp32, K
+# and V from 16 to 256, every chunk size, forward and backward) fit in 64 KB, the largest
+# exactly 64 KB; many spill registers, most (20 KB of spill stores) the fused forward at
+# fp16, K = 128, C = 64. Not run on a T4 yet.
+PRE_AMPERE: dict[str, int] = {"max_chunk": 64, "fused_stage_bytes": 48 * 1024}
 CHUNK_SIZES = (16, 32, 64, 128)
 FUSED_MAX_K = 256  # beyond this the fused form falls back to the two-kernel path
 
 
-def _fused_fits(K: int, V: int, chunk_size: int, itemsize: int) -> bool:
+def _pre_ampere(capability: tuple[int, int] | None) -> bool:
+    """True below compute capability 8.0; None (interpreter, CPU) counts as 8.0 or newer."""
+    return capability is not None and tuple(capability) < (8, 0)
+
+
+def _run_chunk_size(chunk_size: int, capability: tuple[int, int] | None) -> int:
+    """The chunk length the kernels run with: ``chunk_size``, capped at
+    ``PRE_AMPERE["max_chunk"]`` below compute capability 8.0."""
+    if _pre_ampere(capability):
+        return min(chunk_size, PRE_AMPERE["max_chunk"])
+    return chunk_size
+
+
+def _fused_fits(
+    K: int, V: int, chunk_size: int, itemsize: int, capability: tuple[int, int] | None = None
+) -> bool:
     """Whether the fused forward fits a shape: ``K <= FUSED_MAX_K`` and one (q, k, v) chunk
-    within ``CONFIG["fused"]["stage_bytes"]``. Compiled for sm_90 ahead of time (triton
-    3.6, ptxas), fp32 at K = 256 needed 237 KB of shared memory at C = 64 and 442 KB at
-    C = 128, over the H200's 227 KB per block; such shapes run the chunkwise kernels."""
+    within ``CONFIG["fused"]["stage_bytes"]`` (``PRE_AMPERE["fused_stage_bytes"]`` below
+    compute capability 8.0). Compiled for sm_90 ahead of time (triton 3.6, ptxas), fp32 at
+    K = 256 needed 237 KB of shared memory at C = 64 and 442 KB at C = 128, over the
+    H200's 227 KB per block; such shapes run the chunkwise kernels."""
     if K > FUSED_MAX_K:
         return False
     cfg = CONFIG["fused"]
+    budget = PRE_AMPERE["fused_stage_bytes"] if _pre_ampere(capability) else cfg["stage_bytes"]
     BK = _block(K, FUSED_MAX_K)
     BV = _block(V, min(cfg["BV"], max(16, cfg["max_state"] // BK)))
-    return chunk_size * (2 * BK + BV) * itemsize <= cfg["stage_bytes"]
+    return chunk_size * (2 * BK + BV) * itemsize <= budget
 
 
 @triton.jit
@@ -647,7 +682,8 @@ class _FusedChunkLinearAttention(torch.autograd.Function):
 
 
 def _check_tensors(**tensors: Any) -> None:
-    """Torch tensors on one device (CUDA when the kernels are compiled); the first leads."""
+    """Torch tensors on one device (CUDA when the kernels are compiled); the first leads.
+    No bfloat16 on a GPU below compute capability 8.0."""
     device = None
     for name, x in tensors.items():
         if not isinstance(x, torch.Tensor):
@@ -660,6 +696,7 @@ def _check_tensors(**tensors: Any) -> None:
                 )
         elif x.device != device:
             raise ValueError(f"{name} is on {x.device} but the other inputs are on {device}")
+    runtime.check_bf16_supported(**tensors)  # no bf16 below compute capability 8.0
 
 
 def _state_on(x: Any, like: torch.Tensor) -> torch.Tensor | None:
@@ -692,7 +729,9 @@ def _run_form(
     S0, z0 = _state_on(S0, q), _state_on(z0, q)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     V_run = dims["V"] + 1 if normalize else dims["V"]  # the normaliser adds a column
-    use_fused = fused and _fused_fits(dims["K"], V_run, chunk_size, q.element_size())
+    capability = runtime.device_capability(q.device)  # smaller shapes below 8.0
+    chunk_size = _run_chunk_size(chunk_size, capability)
+    use_fused = fused and _fused_fits(dims["K"], V_run, chunk_size, q.element_size(), capability)
     function = _FusedChunkLinearAttention if use_fused else _ChunkLinearAttention
     if not normalize:
         S0 = S0.contiguous() if S0 is not None else None
@@ -761,7 +800,8 @@ def chunk_linear_attention(
         normalize: divide by the normaliser (realised as an extra value column of ones).
         initial_state: ``S_0 [B, H, K, V]``, or ``(S_0, z_0 [B, H, K])`` when normalising.
         output_final_state: also return the final state (fp32).
-        chunk_size: ``C`` in (16, 32, 64, 128).
+        chunk_size: ``C`` in (16, 32, 64, 128); below compute capability 8.0 the kernels
+            use at most 64 (:data:`PRE_AMPERE`), with the same result.
 
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state)``, ``final_state`` = ``S_T`` or

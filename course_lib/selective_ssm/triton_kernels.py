@@ -669,7 +669,8 @@ def selective_scan_step_kernel(
 
 
 def _check_device(**tensors: Any) -> None:
-    """Every tensor on one device; on CUDA when the kernels are compiled."""
+    """Every tensor on one device; on CUDA when the kernels are compiled; no bfloat16 below
+    compute capability 8.0."""
     named = [(k, v) for k, v in tensors.items() if v is not None]
     first_name, first = named[0]
     for name, t in named:
@@ -680,6 +681,7 @@ def _check_device(**tensors: Any) -> None:
             )
     if runtime.triton_mode() == "compiled" and first.device.type != "cuda":
         raise ValueError(f"{first_name} must be a CUDA tensor for compiled Triton kernels")
+    runtime.check_bf16_supported(**dict(named))  # no bf16 below compute capability 8.0
 
 
 def _c(x: torch.Tensor | None) -> torch.Tensor | None:

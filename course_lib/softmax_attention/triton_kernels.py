@@ -446,6 +446,7 @@ def _check_triton_inputs(q: Any, k: Any, v: Any, scale: Any, causal: Any) -> dic
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
     if mode == "interpreter" and q.dtype == torch.bfloat16:
         raise TypeError("q is bfloat16, which Triton's CPU interpreter does not support")
+    runtime.check_bf16_supported(q=q)  # no bf16 below compute capability 8.0
     return dims
 
 

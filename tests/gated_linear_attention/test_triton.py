@@ -58,6 +58,8 @@ def _reference(x, do, dht, device="cpu", chunk_size=8):
 
 
 def _triton(x, do, dht, dtype, chunk_size, fused=False):
+    if dtype == torch.bfloat16 and not runtime.supports_bf16(DEVICE):
+        pytest.skip("no bf16 on this device (a GPU below compute capability 8.0)")
     t = {
         n: torch.from_numpy(a)
         .to(DEVICE, dtype if n in "qkv" else torch.float32)
@@ -390,6 +392,8 @@ def test_gpu_fused_matches_chunk_at_64k(dtype, scalar, K):
 def test_gpu_matches_fla_chunk_kernels(scalar, fused):
     fla_gla = pytest.importorskip("fla.ops.gla")
     fla_simple = pytest.importorskip("fla.ops.simple_gla")
+    if not runtime.supports_bf16():
+        pytest.skip("no bf16 on this GPU")
     x = _draw(2, 1000, 4, 128, 128, scalar)
     t = {
         n: torch.from_numpy(a).cuda().to(torch.bfloat16 if n in "qkv" else torch.float32)
@@ -434,3 +438,118 @@ def test_gpu_a_million_tokens(scalar, fused):
         assert torch.isfinite(got).all(), name
         err = rel_error(got, ref)  # on the GPU: no host copy
         assert err <= TOLERANCE["bfloat16"], f"{name}: {err:.2e} at T = 2^20"
+
+
+def _record_launches(monkeypatch, capability, fn):
+    """Run ``fn`` (forward and backward) with every kernel replaced by a recorder and the
+    GPU reporting compute ``capability``: (kernel name, launch keywords) per launch."""
+    launches = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.name, kwargs))
+
+    for name in dir(TK):
+        if name.endswith("_kernel"):
+            monkeypatch.setattr(TK, name, Recorder(name))
+    monkeypatch.setattr(runtime, "device_capability", lambda device: capability)
+    fn()
+    monkeypatch.undo()
+    return launches
+
+
+def _forward_backward(scalar, fused, K, dtype, chunk_size=None):
+    """A tiny call of one form, forward and backward (the recorded kernels run nothing)."""
+    B, T, H, V = 1, 5, 1, 24
+    q = torch.ones(B, T, H, K, dtype=dtype, requires_grad=True)
+    v = torch.ones(B, T, H, V, dtype=dtype, requires_grad=True)
+    g = torch.full((B, T, H) if scalar else (B, T, H, K), -0.1)
+
+    def run():
+        o, _ = _function(scalar, fused)(q, q, v, g, chunk_size=chunk_size)
+        o.float().sum().backward()
+
+    return run
+
+
+FORMS = [(scalar, fused) for scalar in (False, True) for fused in (False, True)]
+
+
+@pytest.mark.parametrize("K", [16, 100, 256])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_launches_unchanged_from_ampere_on(monkeypatch, dtype, K):
+    """Compute capability 8.0 and newer, and None (interpreter, CPU), launch with CONFIG as
+    it is: its chunk length, V blocks and pipeline stages."""
+    BK = max(16, 1 << (K - 1).bit_length())
+    for scalar, fused in FORMS:
+        run = _forward_backward(scalar, fused, K, dtype)
+        want = _record_launches(monkeypatch, None, run)
+        for cap in ((9, 0), (8, 0), (8, 6)):
+            assert _record_launches(monkeypatch, cap, run) == want, (scalar, fused, cap)
+        cfg = TK.CONFIG
+        for name, kw in want:
+            assert kw.get("BT", cfg["BT"]) == cfg["BT"], name
+            if name == "_fused_fwd_kernel":
+                f = cfg["fused"]
+                assert kw["BV"] == min(f["BV"] if BK <= 128 else f["BV_K256"], 32)  # V = 24
+                esize = torch.tensor([], dtype=dtype).element_size()
+                assert (kw["num_warps"], kw["num_stages"]) == TK._fused_launch_config(
+                    cfg["BT"], BK, esize, scalar
+                )
+            else:
+                if "BV" in kw:
+                    assert kw["BV"] == min(cfg["BV"] if BK <= 128 else cfg["BV_K256"], 32), name
+                if "num_stages" in kw:
+                    assert kw["num_stages"] == cfg["stages"], name
+
+
+@pytest.mark.parametrize("chunk_size", [None, 128])
+@pytest.mark.parametrize("K", [16, 100, 256])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_launches_pre_ampere(monkeypatch, dtype, K, chunk_size):
+    """Below 8.0 (a T4: 64 KB of shared memory per block) PRE_AMPERE replaces CONFIG: a
+    [BT, BK] tile of the input dtype is at most max_tile_bytes (so BT = 64 for fp16 up to
+    K = 128, 32 at fp16 K = 256 or fp32 K = 128, 16 at fp32 K = 256), narrower V blocks
+    and one pipeline stage, also when a longer chunk_size is asked for."""
+    pre = TK.PRE_AMPERE
+    BK = max(16, 1 << (K - 1).bit_length())
+    esize = torch.tensor([], dtype=dtype).element_size()
+    BT = min(pre["max_BT"], pre["max_tile_bytes"] // (BK * esize))
+    BV = min(pre["BV"] if BK <= 128 else pre["BV_K256"], 32)  # V = 24
+    assert BT == {(16, 2): 64, (128, 2): 64, (256, 2): 32, (16, 4): 64, (128, 4): 32}.get(
+        (BK, esize), 16
+    )
+    for scalar, fused in FORMS:
+        run = _forward_backward(scalar, fused, K, dtype, chunk_size)
+        launches = _record_launches(monkeypatch, (7, 5), run)
+        assert launches != _record_launches(monkeypatch, None, run)
+        for name, kw in launches:
+            assert kw["BT"] == BT, (name, scalar, fused)
+            if "BV" in kw:
+                assert kw["BV"] == BV, name
+            if "num_stages" in kw:
+                assert kw["num_stages"] == 1, name
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "fused"])
+def test_pre_ampere_choice_matches_reference(monkeypatch, fused):
+    """The pre-Ampere choice computes the same: fp32 at K = 100 runs in chunks of 32 (with
+    chunk_size=128 asked for) and V blocks of 32 (interpreter)."""
+    monkeypatch.setattr(runtime, "device_capability", lambda device: (7, 5))
+    _check(1, 70, 1, 100, 40, False, 128, fused=fused)
+
+
+def test_bf16_refused_below_ampere(monkeypatch):
+    """No bf16 below compute capability 8.0: the launchers say so and name the argument."""
+    monkeypatch.setattr(runtime, "device_capability", lambda device: (7, 5))
+    q = torch.ones(1, 4, 1, 16, dtype=torch.bfloat16)
+    g = torch.full((1, 4, 1), -0.1)
+    msg = r"q is bfloat16, but this GPU \(compute capability 7\.5\) has no bf16 support"
+    for fused in (False, True):
+        with pytest.raises(TypeError, match=msg):
+            _function(True, fused)(q, q, q, g)
+    with pytest.raises(TypeError, match="q_t is bfloat16.*use float16 or float32"):
+        TK.gla_decode_step(q[:, 0], q[:, 0], q[:, 0], g[:, 0], torch.zeros(1, 1, 16, 16))

@@ -134,6 +134,122 @@ def test_fused_chunk_falls_back_where_shared_memory_would_overflow(monkeypatch) 
     assert not launched
 
 
+def _record_launches(monkeypatch, capability, fn) -> list[tuple[str, dict]]:
+    """Run ``fn`` with every kernel replaced by a recorder and the GPU reporting compute
+    ``capability``: (kernel name, launch options and constexprs) per launch; nothing runs."""
+    tk = _tk()
+    launches: list[tuple[str, dict]] = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.name, kwargs))
+
+    for name in dir(tk):
+        if name.endswith("_kernel"):
+            monkeypatch.setattr(tk, name, Recorder(name))
+    monkeypatch.setattr(runtime, "device_capability", lambda device: capability)
+    fn()
+    monkeypatch.undo()
+    return launches
+
+
+def _fused_forward(K, C, dtype):
+    q, v = torch.ones(1, 5, 1, K, dtype=dtype), torch.ones(1, 5, 1, 24, dtype=dtype)
+    return lambda: _tk().fused_chunk_linear_attention(q, q, v, chunk_size=C)
+
+
+def _options(launches):
+    keys = ("BT", "BK", "BV", "BP", "BR", "num_warps", "num_stages")
+    return [(name, {k: kw[k] for k in keys if k in kw}) for name, kw in launches]
+
+
+FUSED = "_fused_chunk_fwd_kernel"
+STATE, OUTPUT = "_chunk_state_kernel", "_chunk_output_kernel"
+# (K, chunk, dtype): the launches CONFIG gives (V = 24), pinned before the pre-Ampere rules
+CONFIG_LAUNCHES = {
+    (16, 128, torch.float16): [(FUSED, dict(BT=128, BK=16, BV=32, num_warps=4, num_stages=3))],
+    (100, 128, torch.float16): [(FUSED, dict(BT=128, BK=128, BV=32, num_warps=4, num_stages=1))],
+    (256, 64, torch.float16): [(FUSED, dict(BT=64, BK=256, BV=32, num_warps=8, num_stages=1))],
+    (100, 64, torch.float32): [(FUSED, dict(BT=64, BK=128, BV=32, num_warps=4, num_stages=1))],
+    (256, 128, torch.float32): [  # fp32 at K = 256: over the H200's shared memory fused
+        (STATE, dict(BT=128, BP=64, BR=32, num_warps=4, num_stages=3)),
+        (OUTPUT, dict(BT=128, BP=64, BR=32, num_warps=8, num_stages=2)),
+    ],
+}
+# ... and below compute capability 8.0: chunks of at most 64, the fused form only where a
+# (q, k, v) chunk takes at most PRE_AMPERE["fused_stage_bytes"]
+PRE_AMPERE_LAUNCHES = {
+    (16, 128, torch.float16): [(FUSED, dict(BT=64, BK=16, BV=32, num_warps=4, num_stages=3))],
+    (100, 128, torch.float16): [(FUSED, dict(BT=64, BK=128, BV=32, num_warps=4, num_stages=2))],
+    (256, 64, torch.float16): [
+        (STATE, dict(BT=64, BP=64, BR=32, num_warps=4, num_stages=3)),
+        (OUTPUT, dict(BT=64, BP=64, BR=32, num_warps=8, num_stages=2)),
+    ],
+    (100, 64, torch.float32): [
+        (STATE, dict(BT=64, BP=64, BR=32, num_warps=4, num_stages=3)),
+        (OUTPUT, dict(BT=64, BP=64, BR=32, num_warps=8, num_stages=2)),
+    ],
+    (256, 128, torch.float32): [
+        (STATE, dict(BT=64, BP=64, BR=32, num_warps=4, num_stages=3)),
+        (OUTPUT, dict(BT=64, BP=64, BR=32, num_warps=8, num_stages=2)),
+    ],
+}
+
+
+def test_launches_unchanged_from_ampere_on(monkeypatch) -> None:
+    """Compute capability 8.0 and newer, and None (interpreter, CPU), launch what CONFIG
+    gives: the chunk asked for, the fused form within CONFIG["fused"]["stage_bytes"]."""
+    for (K, C, dtype), want in CONFIG_LAUNCHES.items():
+        for cap in ((9, 0), (8, 0), (8, 6), None):
+            got = _options(_record_launches(monkeypatch, cap, _fused_forward(K, C, dtype)))
+            assert got == want, (K, C, dtype, cap)
+    for cap in ((9, 0), (8, 0), None):
+        assert _tk()._run_chunk_size(128, cap) == 128
+        assert not _tk()._fused_fits(256, 64, 64, 4, cap) and _tk()._fused_fits(256, 64, 32, 4, cap)
+
+
+def test_launches_pre_ampere(monkeypatch) -> None:
+    """Below 8.0 (a T4: 64 KB of shared memory per block) the chunk is cut to 64 and the
+    fused form runs only where a (q, k, v) chunk fits the smaller budget."""
+    tk = _tk()
+    for (K, C, dtype), want in PRE_AMPERE_LAUNCHES.items():
+        for cap in ((7, 5), (7, 0)):
+            got = _options(_record_launches(monkeypatch, cap, _fused_forward(K, C, dtype)))
+            assert got == want, (K, C, dtype, cap)
+    budget = tk.PRE_AMPERE["fused_stage_bytes"]
+    for K in (16, 64, 128, 256):
+        for C in tk.CHUNK_SIZES:
+            for itemsize in (2, 4):
+                C_run = tk._run_chunk_size(C, (7, 5))
+                assert C_run == min(C, tk.PRE_AMPERE["max_chunk"])
+                stage = C_run * (2 * max(16, K) + 32) * itemsize  # V = 24 -> BV = 32
+                assert tk._fused_fits(K, 24, C_run, itemsize, (7, 5)) == (stage <= budget)
+
+
+def test_pre_ampere_choice_against_float64(monkeypatch) -> None:
+    """The pre-Ampere choice computes the same thing: chunk 128 run as 64, and K = 100 in
+    fp32 falling back from the fused form to the chunkwise kernels (interpreter)."""
+    monkeypatch.setattr(runtime, "device_capability", lambda device: (7, 5))
+    _check_against_float64(_tk().fused_chunk_linear_attention, (1, 70, 1, 100, 20, True, True, 128))
+    _check_against_float64(_tk().chunk_linear_attention, (1, 70, 1, 20, 9, False, True, 128))
+
+
+def test_bf16_refused_below_ampere(monkeypatch) -> None:
+    """No bf16 below compute capability 8.0: the launchers say so and name the argument."""
+    tk = _tk()
+    monkeypatch.setattr(runtime, "device_capability", lambda device: (7, 5))
+    q = torch.ones(1, 4, 1, 16, dtype=torch.bfloat16)
+    msg = r"q is bfloat16, but this GPU \(compute capability 7\.5\) has no bf16 support"
+    for fn in (tk.chunk_linear_attention, tk.fused_chunk_linear_attention):
+        with pytest.raises(TypeError, match=msg):
+            fn(q, q, q)
+    with pytest.raises(TypeError, match="q_t is bfloat16.*use float16 or float32"):
+        tk.linear_attention_decode_step(q[:, 0], q[:, 0], q[:, 0], None)
+
+
 def _check_against_float64(fn, case, dtype=torch.float32) -> None:
     """``fn``'s outputs, final state and gradients against float64, at ``dtype``'s tolerance.
 

@@ -488,10 +488,16 @@ def test_block_adjoint_half_precision(chunk, block, block_bwd, fast_scan):
 # ---- compiled kernels on a GPU ------------------------------------------------------
 
 
+def _skip_without_bf16(dtype) -> None:
+    if dtype == torch.bfloat16 and not runtime.supports_bf16():
+        pytest.skip("this GPU has no bf16 (compute capability below 8.0)")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_half_precision(dtype, form):
+    _skip_without_bf16(dtype)
     args = draw(2, 300, 200, 16, full=True, seed=3)
     x = tensors(args, dtype, "cuda", requires_grad=True)
     rounded = {k: v.detach().double().cpu().numpy() for k, v in x.items()}
@@ -569,6 +575,7 @@ def test_gpu_block_scan_long(dtype, T):
     """The block form at long lengths in half precision: outputs and last state against
     float64 on the rounded inputs and against the step-by-step form, gradients (through the
     shared backward) against the step-by-step form's."""
+    _skip_without_bf16(dtype)
     gen = torch.Generator(device="cuda").manual_seed(T)
     x = _long_gpu_inputs(T, dtype, gen)
     x64 = {k: v.detach().double() for k, v in x.items()}
@@ -601,6 +608,7 @@ def test_gpu_block_scan_long(dtype, T):
 def test_gpu_block_adjoint_long(dtype, T):
     """The block backward at long lengths: gradients against the step-by-step backward's
     on the same inputs (both from the block forward), and in fp32 against float64."""
+    _skip_without_bf16(dtype)
     gen = torch.Generator(device="cuda").manual_seed(T + 1)
     x = _long_gpu_inputs(T, dtype, gen)
     opts = {"delta_softplus": True, "return_last_state": True}
