@@ -239,9 +239,11 @@ def _load_gate_row(gc_ptr, row, cols, K, H, SCALAR: tl.constexpr):
 
 @triton.jit
 def _chunk_cumsum_kernel(
-    g_ptr, gc_ptr, T, H, K, BT: tl.constexpr, BK: tl.constexpr, SCALAR: tl.constexpr
+    g_ptr, gc_ptr, bad_ptr, T, H, K, BT: tl.constexpr, BK: tl.constexpr, SCALAR: tl.constexpr
 ):
-    """gc[t] = sum of g from the start of t's chunk to t, in fp32. Grid (N, B*H)."""
+    """gc[t] = sum of g from the start of t's chunk to t, in fp32; bad[i_bh, i_n] counts
+    the gates of the chunk that are not finite and <= 0 (the launcher then runs the exact
+    check, for its message). Grid (N, B*H)."""
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     rows = i_n * BT + tl.arange(0, BT)
@@ -256,6 +258,10 @@ def _chunk_cumsum_kernel(
         mask = (rows[:, None] < T) & (cols[None, :] < K)
         ptrs = gc_ptr + base + rows[:, None] * H * K + cols[None, :]
         tl.store(ptrs, tl.cumsum(g, axis=0), mask=mask)
+    # positive, NaN (never equal to itself) or -inf (below every finite fp32 but the very
+    # last few, which the exact check then clears); masked entries were loaded as 0
+    bad = (g > 0.0) | (g != g) | (g < -3.0e38)
+    tl.store(bad_ptr + i_bh * tl.num_programs(0) + i_n, tl.sum(bad.to(tl.int32)))
 
 
 @triton.jit
@@ -967,13 +973,17 @@ def _blocks(K, V, cfg=CONFIG):
 
 
 def _cumsum(g, scalar, BT):
-    """Within-chunk cumulative log gates b (fp32, g's shape)."""
+    """Within-chunk cumulative log gates b (fp32, g's shape). The same pass over g checks
+    that every gate is finite and <= 0 (the exact check runs only when one is not, for
+    its message): at T = 64k g is gigabytes, and a separate check would read it again."""
     B, T, H = g.shape[:3]
     K = 1 if scalar else g.shape[3]
+    N = triton.cdiv(T, BT)
     gc = runtime.new_empty(tuple(g.shape), dtype=torch.float32, device=g.device)
-    _chunk_cumsum_kernel[(triton.cdiv(T, BT), B * H)](
-        g, gc, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar
-    )
+    bad = torch.empty((B * H, N), dtype=torch.int32, device=g.device)  # every entry written
+    _chunk_cumsum_kernel[(N, B * H)](g, gc, bad, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar)
+    if bool(bad.any()):
+        checks.check_log_gate("g", g.detach())
     return gc
 
 
@@ -1296,8 +1306,8 @@ class _FusedChunkGLA(torch.autograd.Function):
 
 def _check_log_gate_fast(name: str, g: torch.Tensor) -> None:
     """``checks.check_log_gate`` in one pass over the gate (a min/max reduction, NaN-
-    propagating), falling back to it for the message when something is wrong. At T = 64k
-    the gate tensor is gigabytes; the shared check reads it twice."""
+    propagating), falling back to it for the message when something is wrong (the decode
+    step's gate; the chunked forms check g inside their cumulative-sum pass)."""
     lo, hi = torch.aminmax(g.detach())
     lo, hi = float(lo), float(hi)
     if not (lo > float("-inf") and hi <= 0.0):  # NaN compares False
@@ -1313,8 +1323,7 @@ def _launch(
         raise ValueError(f"chunk_size must be 16, 32, 64 or 128, got {chunk_size}")
     dims = validate(q, k, v, None, None, scale, initial_state)
     spec = "B T H" if scalar else "B T H K"
-    checks.check_shapes(dims, g=(g, spec))
-    _check_log_gate_fast("g", g)
+    checks.check_shapes(dims, g=(g, spec))  # g <= 0 and finite: checked by _cumsum
     checks.check_same_dtype(q=q, k=k, v=v)
     runtime.check_bf16_supported(q=q)  # no bf16 below compute capability 8.0
     if dims["K"] > 256 or dims["V"] > 256:

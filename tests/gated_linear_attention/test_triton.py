@@ -276,9 +276,18 @@ def _small(scalar=False):
     return {n: torch.from_numpy(a).float() for n, a in x.items()}
 
 
+def _set_last(g, value):
+    """g with its very last entry (last step, last key) replaced: one bad gate is enough."""
+    g = g.clone()
+    g.view(-1)[-1] = value
+    return g
+
+
 BAD_TRITON = {
     "positive g": (lambda x: x | {"g": x["g"].abs()}, "g"),
     "NaN g": (lambda x: x | {"g": x["g"] * float("nan")}, "g"),
+    "one -inf in g": (lambda x: x | {"g": _set_last(x["g"], float("-inf"))}, "g"),
+    "one positive gate, last step": (lambda x: x | {"g": _set_last(x["g"], 0.5)}, "g"),
     "g wrong shape": (lambda x: x | {"g": x["g"][..., :-1]}, "g"),
     "k wrong K": (lambda x: x | {"k": x["k"][..., :-1]}, "k"),
     "state wrong shape": (lambda x: x | {"h0": x["h0"][..., :-1]}, "initial_state"),
