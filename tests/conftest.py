@@ -38,3 +38,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def record_launches(monkeypatch: pytest.MonkeyPatch):
+    """``record(module, capability, fn)``: run ``fn`` with every ``*_kernel`` of the Triton
+    ``module`` replaced by a recorder and the GPU reporting compute ``capability`` (what a
+    launcher would launch on that GPU; nothing runs). Returns (kernel name, launch
+    keywords) per launch."""
+
+    def record(module, capability, fn) -> list[tuple[str, dict]]:
+        launches: list[tuple[str, dict]] = []
+
+        class Recorder:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: launches.append((self.name, kwargs))
+
+        with monkeypatch.context() as m:
+            for name in dir(module):
+                if name.endswith("_kernel"):
+                    m.setattr(module, name, Recorder(name))
+            m.setattr(runtime, "device_capability", lambda device: capability)
+            fn()
+        return launches
+
+    return record

@@ -449,27 +449,6 @@ def test_gpu_a_million_tokens(scalar, fused):
         assert err <= TOLERANCE["bfloat16"], f"{name}: {err:.2e} at T = 2^20"
 
 
-def _record_launches(monkeypatch, capability, fn):
-    """Run ``fn`` (forward and backward) with every kernel replaced by a recorder and the
-    GPU reporting compute ``capability``: (kernel name, launch keywords) per launch."""
-    launches = []
-
-    class Recorder:
-        def __init__(self, name):
-            self.name = name
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.name, kwargs))
-
-    for name in dir(TK):
-        if name.endswith("_kernel"):
-            monkeypatch.setattr(TK, name, Recorder(name))
-    monkeypatch.setattr(runtime, "device_capability", lambda device: capability)
-    fn()
-    monkeypatch.undo()
-    return launches
-
-
 def _forward_backward(scalar, fused, K, dtype, chunk_size=None):
     """A tiny call of one form, forward and backward (the recorded kernels run nothing)."""
     B, T, H, V = 1, 5, 1, 24
@@ -489,15 +468,15 @@ FORMS = [(scalar, fused) for scalar in (False, True) for fused in (False, True)]
 
 @pytest.mark.parametrize("K", [16, 100, 256])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-def test_launches_unchanged_from_ampere_on(monkeypatch, dtype, K):
+def test_launches_unchanged_from_ampere_on(record_launches, dtype, K):
     """Compute capability 8.0 and newer, and None (interpreter, CPU), launch with CONFIG as
     it is: its chunk length, V blocks and pipeline stages."""
     BK = max(16, 1 << (K - 1).bit_length())
     for scalar, fused in FORMS:
         run = _forward_backward(scalar, fused, K, dtype)
-        want = _record_launches(monkeypatch, None, run)
+        want = record_launches(TK, None, run)
         for cap in ((9, 0), (8, 0), (8, 6)):
-            assert _record_launches(monkeypatch, cap, run) == want, (scalar, fused, cap)
+            assert record_launches(TK, cap, run) == want, (scalar, fused, cap)
         cfg = TK.CONFIG
         for name, kw in want:
             assert kw.get("BT", cfg["BT"]) == cfg["BT"], name
@@ -518,7 +497,7 @@ def test_launches_unchanged_from_ampere_on(monkeypatch, dtype, K):
 @pytest.mark.parametrize("chunk_size", [None, 128])
 @pytest.mark.parametrize("K", [16, 100, 256])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-def test_launches_pre_ampere(monkeypatch, dtype, K, chunk_size):
+def test_launches_pre_ampere(record_launches, dtype, K, chunk_size):
     """Below 8.0 (a T4: 64 KB of shared memory per block) PRE_AMPERE replaces CONFIG: a
     [BT, BK] tile of the input dtype is at most max_tile_bytes (so BT = 64 for fp16 up to
     K = 128, 32 at fp16 K = 256 or fp32 K = 128, 16 at fp32 K = 256), narrower V blocks
@@ -533,8 +512,8 @@ def test_launches_pre_ampere(monkeypatch, dtype, K, chunk_size):
     )
     for scalar, fused in FORMS:
         run = _forward_backward(scalar, fused, K, dtype, chunk_size)
-        launches = _record_launches(monkeypatch, (7, 5), run)
-        assert launches != _record_launches(monkeypatch, None, run)
+        launches = record_launches(TK, (7, 5), run)
+        assert launches != record_launches(TK, None, run)
         for name, kw in launches:
             assert kw["BT"] == BT, (name, scalar, fused)
             if "BV" in kw:

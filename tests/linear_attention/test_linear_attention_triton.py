@@ -134,28 +134,6 @@ def test_fused_chunk_falls_back_where_shared_memory_would_overflow(monkeypatch) 
     assert not launched
 
 
-def _record_launches(monkeypatch, capability, fn) -> list[tuple[str, dict]]:
-    """Run ``fn`` with every kernel replaced by a recorder and the GPU reporting compute
-    ``capability``: (kernel name, launch options and constexprs) per launch; nothing runs."""
-    tk = _tk()
-    launches: list[tuple[str, dict]] = []
-
-    class Recorder:
-        def __init__(self, name):
-            self.name = name
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.name, kwargs))
-
-    for name in dir(tk):
-        if name.endswith("_kernel"):
-            monkeypatch.setattr(tk, name, Recorder(name))
-    monkeypatch.setattr(runtime, "device_capability", lambda device: capability)
-    fn()
-    monkeypatch.undo()
-    return launches
-
-
 def _fused_forward(K, C, dtype):
     q, v = torch.ones(1, 5, 1, K, dtype=dtype), torch.ones(1, 5, 1, 24, dtype=dtype)
     return lambda: _tk().fused_chunk_linear_attention(q, q, v, chunk_size=C)
@@ -199,25 +177,25 @@ PRE_AMPERE_LAUNCHES = {
 }
 
 
-def test_launches_unchanged_from_ampere_on(monkeypatch) -> None:
+def test_launches_unchanged_from_ampere_on(record_launches) -> None:
     """Compute capability 8.0 and newer, and None (interpreter, CPU), launch what CONFIG
     gives: the chunk asked for, the fused form within CONFIG["fused"]["stage_bytes"]."""
     for (K, C, dtype), want in CONFIG_LAUNCHES.items():
         for cap in ((9, 0), (8, 0), (8, 6), None):
-            got = _options(_record_launches(monkeypatch, cap, _fused_forward(K, C, dtype)))
+            got = _options(record_launches(_tk(), cap, _fused_forward(K, C, dtype)))
             assert got == want, (K, C, dtype, cap)
     for cap in ((9, 0), (8, 0), None):
         assert _tk()._run_chunk_size(128, cap) == 128
         assert not _tk()._fused_fits(256, 64, 64, 4, cap) and _tk()._fused_fits(256, 64, 32, 4, cap)
 
 
-def test_launches_pre_ampere(monkeypatch) -> None:
+def test_launches_pre_ampere(record_launches) -> None:
     """Below 8.0 (a T4: 64 KB of shared memory per block) the chunk is cut to 64 and the
     fused form runs only where a (q, k, v) chunk fits the smaller budget."""
     tk = _tk()
     for (K, C, dtype), want in PRE_AMPERE_LAUNCHES.items():
         for cap in ((7, 5), (7, 0)):
-            got = _options(_record_launches(monkeypatch, cap, _fused_forward(K, C, dtype)))
+            got = _options(record_launches(_tk(), cap, _fused_forward(K, C, dtype)))
             assert got == want, (K, C, dtype, cap)
     budget = tk.PRE_AMPERE["fused_stage_bytes"]
     for K in (16, 64, 128, 256):
