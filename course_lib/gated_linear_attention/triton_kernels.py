@@ -26,9 +26,10 @@ offset at a time with masked exponents. A scalar gate (one number per row) has n
 problem: ``A = (q k^T) ⊙ D`` with the chunk's [BT, BT] decay mask ``D_ij = e^{b_i - b_j}``,
 one product per chunk.
 
-Forward kernels, in launch order: ``_chunk_cumsum_kernel`` (b), ``_fwd_states_kernel``
-(the sequential scan over chunks that stores every h_n in fp32), ``_fwd_intra_kernel`` or
-``_fwd_intra_scalar_kernel`` (A, fp32), ``_fwd_output_kernel`` (o).
+Forward kernels, in launch order: ``_chunk_cumsum_kernel`` (b; the same pass flags gates
+that are not finite and <= 0), ``_fwd_states_kernel`` (the sequential scan over chunks
+that stores every h_n in fp32), ``_fwd_intra_kernel`` or ``_fwd_intra_scalar_kernel`` (A,
+fp32), ``_fwd_output_kernel`` (o).
 
 The fused forward (form ``fused_chunk``: :func:`fused_chunk_gla`,
 :func:`fused_chunk_simple_gla`). The four-kernel forward writes every h_n in fp32,
@@ -61,7 +62,8 @@ Backward, given ``do`` and the gradient ``dh_T`` of the final state (kernels
   (k_j ⊙ e^{b_L - b_j})^T dh_{n+1}``;
 * ``dq_i = e^{b_i} ⊙ (scale * h_n do_i) + sum_{j<=i} dA_ij k_j ⊙ e^{b_i - b_j}``,
   ``dk_j = e^{b_L - b_j} ⊙ (dh_{n+1} v_j) + sum_{i>=j} dA_ij q_i ⊙ e^{b_i - b_j}``
-  (tiles split at a middle row exactly as in the forward). For a vector gate dq and dk
+  (off-diagonal tiles split at a row between the two sub-chunks: the last row of J for
+  dq, as in the forward, the first row of I for dk). For a vector gate dq and dk
   are elementwise in k once dA is known, so ``_bwd_dqdk_kernel`` takes one chunk and a
   slice of K per program: the inter-chunk products read each state once, earlier
   sub-chunks add to dq (later ones to dk) as one [BT, BC] x [BC, BK] product each, and
@@ -242,8 +244,9 @@ def _chunk_cumsum_kernel(
     g_ptr, gc_ptr, bad_ptr, T, H, K, BT: tl.constexpr, BK: tl.constexpr, SCALAR: tl.constexpr
 ):
     """gc[t] = sum of g from the start of t's chunk to t, in fp32; bad[i_bh, i_n] counts
-    the gates of the chunk that are not finite and <= 0 (the launcher then runs the exact
-    check, for its message). Grid (N, B*H)."""
+    the gates of the chunk that break "finite and <= 0": positive, NaN or -inf (also
+    finite values below -3e38, which the exact check run by the launcher then clears; it
+    runs only when a count is not zero, for its message). Grid (N, B*H)."""
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     rows = i_n * BT + tl.arange(0, BT)
@@ -332,7 +335,9 @@ def _fwd_intra_kernel(
     last row r: ``A[i, J] = (q_i ⊙ e^{b_i - b_r}) . (k_J ⊙ e^{b_r - b_J})``, one
     [BT, BK] x [BK, BC] product per J, both exponents <= 0 for the rows that count
     (rows at or before r are zeroed). The NC diagonal [BC, BC] blocks are summed together,
-    one key offset j at a time: row i meets key (i // BC) * BC + j of its own sub-chunk."""
+    one key offset j at a time: row i meets key (i // BC) * BC + j of its own sub-chunk.
+    Only blocks J < NC - 1 need a product: the last has no later rows, so just the zeros
+    above its diagonal block are written."""
     NC: tl.constexpr = BT // BC
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -704,8 +709,8 @@ def _bwd_dqdk_kernel(
         # mask the [BT] columns of dA, not the tiles: dq pairs p <= i, dk pairs p >= i
         dA_ip = tl.where(off >= j, dA_ip, 0.0)
         dA_pi = tl.where(off <= j, dA_pi, 0.0)
-        # b falls along the chunk (g <= 0), so |b_i - b_p| is b_i - b_p for p <= i and
-        # b_p - b_i for p >= i: one exponent, <= 0 by construction, serves both sides
+        # b falls along the chunk (g <= 0), so the exponent each side needs, b_i - b_p
+        # for p <= i (dq) and b_p - b_i for p >= i (dk), is -|b_i - b_p| in both cases
         e = tl.exp(-tl.abs(b - b_p))  # [BT, BK]
         dq += dA_ip[:, None] * (k_p * e)
         dk += dA_pi[:, None] * (q_p * e)
@@ -1325,7 +1330,8 @@ def _launch(
     spec = "B T H" if scalar else "B T H K"
     checks.check_shapes(dims, g=(g, spec))  # g <= 0 and finite: checked by _cumsum
     checks.check_same_dtype(q=q, k=k, v=v)
-    runtime.check_bf16_supported(q=q)  # no bf16 below compute capability 8.0
+    # no bf16 below compute capability 8.0 (k and v share q's dtype, checked above)
+    runtime.check_bf16_supported(q=q, g=g, initial_state=initial_state)
     if dims["K"] > 256 or dims["V"] > 256:
         raise ValueError(
             f"{name} supports head dims up to 256 (q/k: K, v: V), got K={dims['K']}, V={dims['V']}"
@@ -1479,7 +1485,8 @@ def gla_decode_step(
         raise ValueError("g_t must have shape [B, H] or [B, H, K] (log gates)")
     checks.check_shapes(dims, g_t=(g_t, "B H" if g_t.dim() == 2 else "B H K"))
     _check_log_gate_fast("g_t", g_t)
-    runtime.check_bf16_supported(q_t=q_t)  # no bf16 below compute capability 8.0
+    # no bf16 below compute capability 8.0
+    runtime.check_bf16_supported(q_t=q_t, k_t=k_t, v_t=v_t, g_t=g_t, state=state)
     if scale is not None:
         checks.check_positive_float("scale", scale)
     B, H, K = q_t.shape

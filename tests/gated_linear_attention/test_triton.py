@@ -541,3 +541,14 @@ def test_bf16_refused_below_ampere(monkeypatch):
             _function(True, fused)(q, q, q, g)
     with pytest.raises(TypeError, match="q_t is bfloat16.*use float16 or float32"):
         TK.gla_decode_step(q[:, 0], q[:, 0], q[:, 0], g[:, 0], torch.zeros(1, 1, 16, 16))
+    # a bf16 gate or state beside fp32 inputs is refused too, by its own name
+    x = torch.ones(1, 4, 1, 16)
+    for fused in (False, True):
+        with pytest.raises(TypeError, match=r"\bg is bfloat16"):
+            _function(True, fused)(x, x, x, g.bfloat16())
+        with pytest.raises(TypeError, match="initial_state is bfloat16"):
+            h0 = torch.zeros(1, 1, 16, 16, dtype=torch.bfloat16)
+            _function(True, fused)(x, x, x, g, initial_state=h0)
+    with pytest.raises(TypeError, match="state is bfloat16"):
+        state = torch.zeros(1, 1, 16, 16, dtype=torch.bfloat16)
+        TK.gla_decode_step(x[:, 0], x[:, 0], x[:, 0], g[:, 0], state)
