@@ -380,13 +380,6 @@ def _fit_shared_memory(cfg: dict[str, int], BLOCK_K: int, BLOCK_V: int, esize: i
             break
 
 
-def _device_capability(device: torch.device) -> tuple[int, int] | None:
-    """CUDA compute capability of ``device``; None in the interpreter or off CUDA."""
-    if runtime.triton_mode() == "interpreter" or device.type != "cuda":
-        return None
-    return torch.cuda.get_device_capability(device)
-
-
 def launch_config(
     pass_: str,
     BLOCK_K: int,
@@ -460,7 +453,7 @@ def _forward(
     B, T, H, K = q.shape
     S, V = k.shape[1], v.shape[-1]
     BLOCK_K, BLOCK_V = _head_block(K), _head_block(V)
-    cfg = launch_config("fwd", BLOCK_K, BLOCK_V, q.dtype, _device_capability(q.device))
+    cfg = launch_config("fwd", BLOCK_K, BLOCK_V, q.dtype, runtime.device_capability(q.device))
     o = runtime.new_empty((B, T, H, V), dtype=q.dtype, device=q.device)  # [B, T, H, V]
     lse = runtime.new_empty((B, H, T), dtype=torch.float32, device=q.device)  # [B, H, T]
     grid = (triton.cdiv(T, cfg["BLOCK_T"]), B * H)
@@ -498,7 +491,7 @@ def _backward(
     B, T, H, K = q.shape
     S, V = k.shape[1], v.shape[-1]
     BLOCK_K, BLOCK_V = _head_block(K), _head_block(V)
-    cfg = launch_config("bwd", BLOCK_K, BLOCK_V, q.dtype, _device_capability(q.device))
+    cfg = launch_config("bwd", BLOCK_K, BLOCK_V, q.dtype, runtime.device_capability(q.device))
     dev = q.device
     delta = runtime.new_empty((B, H, T), dtype=torch.float32, device=dev)  # [B, H, T]
     _attn_bwd_delta_kernel[(triton.cdiv(T, cfg["BLOCK_T"]), B * H)](
