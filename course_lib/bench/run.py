@@ -588,6 +588,31 @@ def _run(
             results["ratios"] = _ratios(results, timed_peers)
             save_results(results, Path(out_dir) / "results.json")
 
+    def skip_all(name: str, m: str, reason: str) -> None:
+        """One ``skipped`` entry per length, with the reason."""
+        for T in lengths:
+            results["timings"].append(
+                _entry(name, m, replace(sizes, T=T), "skipped", reason=reason)
+            )
+            tick()
+
+    def time_all(name: str, m: str, build: Callable[[Sizes], tuple], backend: str) -> None:
+        """Time one series at every length (the budget may skip the longer ones)."""
+        results["timings"] += _time_lengths(
+            name,
+            m,
+            lengths,
+            sizes,
+            build,
+            backend=backend,
+            device=device,
+            budget_ms=budget_ms,
+            min_run_time=min_run_time,
+            log=log,
+            tick=tick,
+            log_points=not progress,
+        )
+
     def time_peers() -> None:
         for p in timed_peers:
             bar.set_postfix_str(p.name)
@@ -604,11 +629,7 @@ def _run(
             }
             for m in modes:
                 if m == "fwdbwd" and not p.differentiable:
-                    for T in lengths:
-                        results["timings"].append(
-                            _entry(p.name, m, replace(sizes, T=T), "skipped", reason="forward only")
-                        )
-                        tick()
+                    skip_all(p.name, m, "forward only")
                     continue
 
                 def build_peer(size: Sizes, m: str = m, p: peers_mod.Peer = p) -> tuple:
@@ -623,20 +644,7 @@ def _run(
                                 t.requires_grad_(True)
                     return fn, args
 
-                results["timings"] += _time_lengths(
-                    p.name,
-                    m,
-                    lengths,
-                    sizes,
-                    build_peer,
-                    backend="torch",
-                    device=device,
-                    budget_ms=budget_ms,
-                    min_run_time=min_run_time,
-                    log=log,
-                    tick=tick,
-                    log_points=not progress,
-                )
+                time_all(p.name, m, build_peer, "torch")
             checkpoint()
 
     def time_impls() -> None:
@@ -676,10 +684,7 @@ def _run(
                 if reason is None and m == "fwdbwd" and not impl.differentiable:
                     reason = "not differentiable: no fwdbwd timing"
                 if reason is not None:
-                    for T in lengths:
-                        size = replace(sizes, T=T)
-                        results["timings"].append(_entry(name, m, size, "skipped", reason=reason))
-                        tick()
+                    skip_all(name, m, reason)
                     continue
 
                 def build(
@@ -699,20 +704,7 @@ def _run(
                     kwargs = dict(impl.kwargs)
                     return (lambda: fn(**args, **kwargs)), args
 
-                results["timings"] += _time_lengths(
-                    name,
-                    m,
-                    lengths,
-                    sizes,
-                    build,
-                    backend=impl.backend,
-                    device=device,
-                    budget_ms=budget_ms,
-                    min_run_time=min_run_time,
-                    log=log,
-                    tick=tick,
-                    log_points=not progress,
-                )
+                time_all(name, m, build, impl.backend)
             if info["status"] != "timed":
                 info["reason"] = skip or ""
             checkpoint()
