@@ -50,8 +50,9 @@ are only ``(V / BV) B H`` programs (128 at B=4, H=16, K=V=128: about one per SM)
 form suits many heads; with few heads and long T the chunkwise form spreads its output
 work over the chunks instead. The vector gate still moves A (``BT`` fp32 numbers a row,
 written once and read once per V-block) and b (fp32); the scalar gate needs neither.
-The backward recomputes hs with ``_fwd_states_kernel`` and A, then runs the backward
-below unchanged: one more pass over k, v in exchange for never storing hs in the forward.
+The backward recomputes hs with ``_fwd_states_kernel`` (and a scalar gate's A), then
+runs the backward below unchanged: one more pass over k, v in exchange for never storing
+hs in the forward. A vector gate's A is kept from the forward (BT fp32 numbers a row).
 
 Backward, given ``do`` and the gradient ``dh_T`` of the final state (kernels
 ``_bwd_states_kernel``, ``_bwd_dA_kernel``, ``_bwd_dv_kernel``, ``_bwd_dqdk_kernel`` or
@@ -101,8 +102,19 @@ CONFIG = {
     "BV": 64,  # value columns per program (the state block is BK x BV in fp32)
     "BV_K256": 32,  # ... when K pads to 256, to keep the fp32 state block in registers
     "warps_state": 4,  # the sequential state scans
+    # ... each program scans a block of BK_state key rows of the state (the gate decays
+    # every key row on its own): at K = V = 128, B = 4, H = 16 that is 256 programs of
+    # [64, 64] fp32 state instead of 128 of [128, 64]. H200, bf16, T = 16384: the forward
+    # scan takes 1.04 ms instead of 1.64 (4.10 instead of 6.54 at T = 65536).
+    "BK_state": 64,
     "warps_chunk": 4,  # per-chunk kernels
-    "warps_intra": 8,  # the vector-gate A kernel: q and b of a whole chunk, [BT, BK] fp32 each
+    # The vector-gate A kernel: one program per intra_rows rows of a chunk, holding their
+    # q and b as [rows, BK] fp32 tiles. Few rows and few warps keep many small programs
+    # resident on an SM. H200, bf16, K = 128, T = 16384 (65536): 16 rows on 2 warps take
+    # 1.93 ms (7.66), 32 rows on 2 warps 2.13 (8.46), the whole chunk on 4 warps 2.30
+    # (9.31), on 8 warps 3.82 (15.4); the same sweep found 16 rows on 1 or 4 warps slower.
+    "intra_rows": 16,
+    "warps_intra": 2,
     "stages": 2,  # software pipelining of loads in loops: 2 keeps the fp32 K = 256 scans
     #               within shared memory (Triton's default 3 does not fit there)
     "BK_dg": 32,  # key columns per program of the gate-gradient scan
@@ -288,10 +300,11 @@ def _fwd_states_kernel(
     STORE_HT: tl.constexpr,
 ):
     """Scan over chunks: store h_n (state before chunk n) in hs [B, H, N, K, V] fp32.
-    Grid (cdiv(V, BV), B*H)."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    Grid (cdiv(K, BK), cdiv(V, BV), B*H): the gate decays each key row of the state on
+    its own, so blocks of K rows scan independently (more programs, shorter chains)."""
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
-    cols_k = tl.arange(0, BK)
+    cols_k = i_k * BK + tl.arange(0, BK)
     cols_v = i_v * BV + tl.arange(0, BV)
     kbase = (i_b * T * H + i_h).to(tl.int64) * K
     vbase = (i_b * T * H + i_h).to(tl.int64) * V
@@ -326,59 +339,64 @@ def _fwd_intra_kernel(
     K,
     BT: tl.constexpr,
     BC: tl.constexpr,
+    BR: tl.constexpr,
     BK: tl.constexpr,
 ):
-    """A[i, j] = sum_k q_ik k_jk e^{b_ik - b_jk} (j <= i) for one whole chunk: A is
-    [B, T, H, BT] fp32, zeros above the diagonal. Grid (N, B*H).
+    """A[i, j] = sum_k q_ik k_jk e^{b_ik - b_jk} (j <= i): A is [B, T, H, BT] fp32, zeros
+    above the diagonal. One program per BR rows (whole sub-chunks) of a chunk: grid
+    (N * BT / BR, B*H).
 
-    Column block J (the BC keys of sub-chunk J) against every later row i, split at J's
-    last row r: ``A[i, J] = (q_i ⊙ e^{b_i - b_r}) . (k_J ⊙ e^{b_r - b_J})``, one
-    [BT, BK] x [BK, BC] product per J, both exponents <= 0 for the rows that count
-    (rows at or before r are zeroed). The NC diagonal [BC, BC] blocks are summed together,
-    one key offset j at a time: row i meets key (i // BC) * BC + j of its own sub-chunk.
-    Only blocks J < NC - 1 need a product: the last has no later rows, so just the zeros
-    above its diagonal block are written."""
-    NC: tl.constexpr = BT // BC
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    Column block J (the BC keys of an earlier sub-chunk J) against the program's rows i
+    after it, split at J's last row r: ``A[i, J] = (q_i ⊙ e^{b_i - b_r}) . (k_J ⊙ e^{b_r -
+    b_J})``, one [BR, BK] x [BK, BC] product per J, both exponents <= 0 for the rows that
+    are stored (the others are clamped to <= 0 too, and not stored). The program's own
+    diagonal [BC, BC] blocks are summed together, one key offset j at a time: each
+    sub-chunk loads its key row j once and broadcasts it over its BC rows."""
+    NR: tl.constexpr = BR // BC  # sub-chunks per program
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_n, r0 = i_p // (BT // BR), (i_p % (BT // BR)) * BR  # chunk, first row inside it
     i_b, i_h = i_bh // H, i_bh % H
     kbase = (i_b * T * H + i_h).to(tl.int64) * K
     abase = (i_b * T * H + i_h).to(tl.int64) * BT
     t0 = i_n * BT
-    idx = tl.arange(0, BT)  # row inside the chunk
+    idx = r0 + tl.arange(0, BR)  # row inside the chunk
     rows = t0 + idx
     cols_k = tl.arange(0, BK)
     cols_c = tl.arange(0, BC)
-    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)  # [BT, BK]
-    b = _load_rows(gc_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK] fp32
-    a_rows = A_ptr + abase + rows * H * BT  # [BT] start of each row of A
-    # the last column block has no later rows: only zeros above its diagonal block
-    last_cols = (NC - 1) * BC + cols_c
-    zeros = tl.zeros([BT, BC], dtype=tl.float32)
-    mask = ((rows < T) & (idx < (NC - 1) * BC))[:, None] & (cols_c[None, :] < BC)
-    tl.store(a_rows[:, None] + last_cols[None, :], zeros, mask=mask)
-    for i_j in range(NC - 1):
+    cols_t = tl.arange(0, BT)
+    q = _load_rows(q_ptr + kbase, rows, T, cols_k, K, H * K, 0.0).to(tl.float32)  # [BR, BK]
+    b = _load_rows(gc_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BR, BK] fp32
+    a_rows = A_ptr + abase + rows * H * BT  # [BR] start of each row of A
+    # zeros right of each row's own diagonal block
+    sub_end = (idx // BC) * BC + BC  # [BR]
+    zmask = (rows < T)[:, None] & (cols_t[None, :] >= sub_end[:, None])
+    tl.store(a_rows[:, None] + cols_t[None, :], tl.zeros([BR, BT], dtype=tl.float32), mask=zmask)
+    for i_j in range(0, r0 // BC + NR - 1):  # sub-chunks before the program's last one
         keys = t0 + i_j * BC + cols_c  # [BC] time index of J's keys
         r = tl.minimum(t0 + i_j * BC + BC - 1, T - 1)
         b_r = tl.load(gc_ptr + kbase + r * H * K + cols_k, mask=cols_k < K, other=0.0)  # [BK]
         k_j = _load_rows(k_ptr + kbase, keys, T, cols_k, K, H * K, 0.0).to(tl.float32)
         b_j = _load_rows(gc_ptr + kbase, keys, T, cols_k, K, H * K, 0.0)
         k_j = k_j * tl.exp(tl.minimum(b_r[None, :] - b_j, 0.0))  # [BC, BK]
-        after = idx >= (i_j + 1) * BC  # rows after block J; the others get zeros
-        q_r = tl.where(after[:, None], q * tl.exp(tl.minimum(b - b_r[None, :], 0.0)), 0.0)
-        tile = tl.dot(q_r, tl.trans(k_j))  # [BT, BC]
-        # block J's own rows hold the diagonal block, written below
-        other_rows = (idx < i_j * BC) | after
-        mask = ((rows < T) & other_rows)[:, None] & (cols_c[None, :] < BC)
+        q_r = q * tl.exp(tl.minimum(b - b_r[None, :], 0.0))  # [BR, BK]
+        tile = tl.dot(q_r, tl.trans(k_j))  # [BR, BC]
+        after = idx >= (i_j + 1) * BC  # rows after block J (its own rows: diagonal, below)
+        mask = ((rows < T) & after)[:, None] & (cols_c[None, :] < BC)
         tl.store(a_rows[:, None] + (i_j * BC + cols_c)[None, :], tile, mask=mask)
-    first = (idx // BC) * BC  # [BT] first row of each row's sub-chunk
+    # the diagonal blocks, the program's rows as [NR, BC, BK]
+    q3 = tl.reshape(q, (NR, BC, BK))
+    b3 = tl.reshape(b, (NR, BC, BK))
+    first = r0 + tl.arange(0, NR) * BC  # [NR] first row of each sub-chunk, inside the chunk
+    rows2 = t0 + first[:, None] + cols_c[None, :]  # [NR, BC] time index of each row
     for j in range(BC):
-        key = t0 + first + j  # [BT] the key each row meets at offset j
-        k_p = _load_pairs(k_ptr + kbase, key, T, cols_k, K, H * K).to(tl.float32)  # [BT, BK]
+        key = t0 + first + j  # [NR] the key each sub-chunk's rows meet at offset j
+        k_p = _load_pairs(k_ptr + kbase, key, T, cols_k, K, H * K).to(tl.float32)  # [NR, BK]
         b_p = _load_pairs(gc_ptr + kbase, key, T, cols_k, K, H * K)
-        keep = (idx - first) >= j  # key at or before the row (upper triangle: zeros)
-        e = tl.exp(tl.minimum(tl.where(keep[:, None], b - b_p, 0.0), 0.0))
-        a = tl.sum(tl.where(keep[:, None], q * k_p * e, 0.0), axis=1)  # [BT]
-        tl.store(a_rows + first + j, a, mask=rows < T)
+        keep = (cols_c >= j)[None, :, None]  # key at or before the row (else zero)
+        e = tl.exp(tl.minimum(tl.where(keep, b3 - b_p[:, None, :], 0.0), 0.0))
+        a = tl.sum(tl.where(keep, q3 * k_p[:, None, :] * e, 0.0), axis=2)  # [NR, BC]
+        a_ptrs = A_ptr + abase + rows2 * H * BT + (first + j)[:, None]
+        tl.store(a_ptrs, a, mask=rows2 < T)
 
 
 @triton.jit
@@ -530,10 +548,10 @@ def _bwd_states_kernel(
     STORE_DH0: tl.constexpr,
 ):
     """Reverse scan: dhs[n] = gradient of the state *after* chunk n, [B, H, N, K, V] fp32.
-    Grid (cdiv(V, BV), B*H)."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    Grid (cdiv(K, BK), cdiv(V, BV), B*H), blocks of K rows independent as in the forward."""
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
-    cols_k = tl.arange(0, BK)
+    cols_k = i_k * BK + tl.arange(0, BK)
     cols_v = i_v * BV + tl.arange(0, BV)
     kbase = (i_b * T * H + i_h).to(tl.int64) * K
     vbase = (i_b * T * H + i_h).to(tl.int64) * V
@@ -1004,7 +1022,8 @@ def _states(k, v, gc, h0, output_final_state, scalar, BT):
         if output_final_state
         else None
     )
-    _fwd_states_kernel[(triton.cdiv(V, BVb), B * H)](
+    BKs = min(BK, cfg["BK_state"])
+    _fwd_states_kernel[(triton.cdiv(K, BKs), triton.cdiv(V, BVb), B * H)](
         k,
         v,
         gc,
@@ -1017,7 +1036,7 @@ def _states(k, v, gc, h0, output_final_state, scalar, BT):
         V,
         N,
         BT=BT,
-        BK=BK,
+        BK=BKs,
         BV=BVb,
         SCALAR=scalar,
         HAS_H0=h0 is not None,
@@ -1039,7 +1058,8 @@ def _intra(q, k, gc, scalar, BT):
         grid, kernel, kw = (N, B * H), _fwd_intra_scalar_kernel, {}
         warps = cfg["warps_chunk"]
     else:  # sub-chunk tiles (module docstring)
-        grid, kernel, kw = (N, B * H), _fwd_intra_kernel, {"BC": BC}
+        BR = max(BC, min(cfg["intra_rows"], BT))
+        grid, kernel, kw = (N * (BT // BR), B * H), _fwd_intra_kernel, {"BC": BC, "BR": BR}
         warps = cfg["warps_intra"]
     kernel[grid](
         q,
@@ -1099,7 +1119,8 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
     f32 = torch.float32
     dhs = runtime.new_empty((B, H, N, K, V), dtype=f32, device=dev)
     dh0 = runtime.new_empty((B, H, K, V), dtype=f32, device=dev) if want_dh0 else None
-    _bwd_states_kernel[(triton.cdiv(V, BVb), B * H)](
+    BKs = min(BK, cfg["BK_state"])
+    _bwd_states_kernel[(triton.cdiv(K, BKs), triton.cdiv(V, BVb), B * H)](
         q,
         do,
         gc,
@@ -1113,7 +1134,7 @@ def _chunk_backward(q, k, v, gc, hs, A, do, dht, ht, scale, want_dh0, scalar, BT
         V,
         N,
         BT=BT,
-        BK=BK,
+        BK=BKs,
         BV=BVb,
         SCALAR=scalar,
         HAS_DHT=dht is not None,
@@ -1281,7 +1302,9 @@ def _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT):
 
 class _FusedChunkGLA(torch.autograd.Function):
     """Forward: cumsum, (vector gate) A, then the fused walk; no per-chunk states stored.
-    Backward: recompute hs (``_fwd_states_kernel``) and A, then the chunkwise backward."""
+    Backward: recompute hs (``_fwd_states_kernel``), and A for a scalar gate (a vector
+    gate's A, the dearest forward kernel, is kept from the forward), then the chunkwise
+    backward."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
@@ -1289,7 +1312,7 @@ class _FusedChunkGLA(torch.autograd.Function):
         A = None if scalar else _intra(q, k, gc, scalar, BT)
         o, ht = _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT)
         ctx.BT = BT
-        ctx.save_for_backward(q, k, v, gc, h0, ht)
+        ctx.save_for_backward(q, k, v, gc, h0, ht, A)
         ctx.scale, ctx.scalar = scale, scalar
         ctx.g_dtype = g.dtype
         ctx.h0_dtype = h0.dtype if h0 is not None else None
@@ -1297,11 +1320,12 @@ class _FusedChunkGLA(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gc, h0, ht = ctx.saved_tensors
+        q, k, v, gc, h0, ht, A = ctx.saved_tensors
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
         hs, _ = _states(k, v, gc, h0, False, ctx.scalar, ctx.BT)  # [B, H, N, K, V] fp32
-        A = _intra(q, k, gc, ctx.scalar, ctx.BT)  # [B, T, H, BT] fp32
+        if A is None:  # scalar gate: one product per chunk, cheaper than keeping it
+            A = _intra(q, k, gc, ctx.scalar, ctx.BT)  # [B, T, H, BT] fp32
         dq, dk, dv, dg, dh0 = _chunk_backward(
             q, k, v, gc, hs, A, do, dht, ht, ctx.scale, h0 is not None, ctx.scalar, ctx.BT
         )

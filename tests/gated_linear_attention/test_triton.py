@@ -552,3 +552,12 @@ def test_bf16_refused_below_ampere(monkeypatch):
     with pytest.raises(TypeError, match="state is bfloat16"):
         state = torch.zeros(1, 1, 16, 16, dtype=torch.bfloat16)
         TK.gla_decode_step(x[:, 0], x[:, 0], x[:, 0], g[:, 0], state)
+
+
+@pytest.mark.parametrize("rows", [16, 32, 64])
+def test_intra_rows_per_program(monkeypatch, rows):
+    """The A kernel with 16, 32 or 64 rows of a chunk per program (CONFIG["intra_rows"]):
+    eight sub-chunks with a 2-row tail chunk, and K = 60 padded to 64."""
+    monkeypatch.setitem(TK.CONFIG, "intra_rows", rows)
+    _check(1, 130, 1, 16, 8, False, 128)
+    _check(1, 63, 1, 60, 20, False, 64, fused=True)
