@@ -115,7 +115,6 @@ CONFIG = {
     # (9.31), on 8 warps 3.82 (15.4); the same sweep found 16 rows on 1 or 4 warps slower.
     "intra_rows": 16,
     "warps_intra": 2,
-    "stages_intra": 2,  # its software pipelining (loads of the next key block)
     "stages": 2,  # software pipelining of loads in loops: 2 keeps the fp32 K = 256 scans
     #               within shared memory (Triton's default 3 does not fit there)
     "BK_dg": 32,  # key columns per program of the gate-gradient scan
@@ -191,7 +190,6 @@ PRE_AMPERE = {
     "BV": 32,
     "BV_K256": 16,
     "stages": 1,
-    "stages_intra": 1,
     "fused": {"BV": 32, "BV_K256": 16, "num_stages": 1},
 }
 
@@ -998,25 +996,18 @@ def _blocks(K, V, cfg=CONFIG):
 
 
 def _cumsum(g, scalar, BT):
-    """Within-chunk cumulative log gates b (fp32, g's shape), and per chunk the count of
-    gates that are not finite and <= 0. The same pass over g does both: at T = 64k g is
-    gigabytes, and a separate check would read it again. The caller looks at the counts
-    (:func:`_check_gates`) only after launching the rest of its forward, so the host
-    waits once, at the end, rather than between kernels."""
+    """Within-chunk cumulative log gates b (fp32, g's shape). The same pass over g checks
+    that every gate is finite and <= 0 (the exact check runs only when one is not, for
+    its message): at T = 64k g is gigabytes, and a separate check would read it again."""
     B, T, H = g.shape[:3]
     K = 1 if scalar else g.shape[3]
     N = triton.cdiv(T, BT)
     gc = runtime.new_empty(tuple(g.shape), dtype=torch.float32, device=g.device)
     bad = torch.empty((B * H, N), dtype=torch.int32, device=g.device)  # every entry written
     _chunk_cumsum_kernel[(N, B * H)](g, gc, bad, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar)
-    return gc, bad
-
-
-def _check_gates(bad, g):
-    """Raise the exact check's message (``checks.check_log_gate``) if ``_cumsum`` counted
-    a gate that is not finite and <= 0; the outputs computed from such gates are dropped."""
     if bool(bad.any()):
         checks.check_log_gate("g", g.detach())
+    return gc
 
 
 def _states(k, v, gc, h0, output_final_state, scalar, BT):
@@ -1065,11 +1056,11 @@ def _intra(q, k, gc, scalar, BT):
     A = runtime.new_empty((B, T, H, BT), dtype=torch.float32, device=q.device)
     if scalar:  # one [BT, BT] product per chunk
         grid, kernel, kw = (N, B * H), _fwd_intra_scalar_kernel, {}
-        warps, stages = cfg["warps_chunk"], cfg["stages"]
+        warps = cfg["warps_chunk"]
     else:  # sub-chunk tiles (module docstring)
         BR = max(BC, min(cfg["intra_rows"], BT))
         grid, kernel, kw = (N * (BT // BR), B * H), _fwd_intra_kernel, {"BC": BC, "BR": BR}
-        warps, stages = cfg["warps_intra"], cfg["stages_intra"]
+        warps = cfg["warps_intra"]
     kernel[grid](
         q,
         k,
@@ -1081,7 +1072,7 @@ def _intra(q, k, gc, scalar, BT):
         BT=BT,
         BK=_pow2(K),
         num_warps=warps,
-        num_stages=stages,
+        num_stages=cfg["stages"],
         **kw,
     )
     return A
@@ -1092,7 +1083,7 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
     B, T, H, K, V, N = _sizes(q, v, BT)
     cfg = _config(q)
     BK, BVb = _blocks(K, V, cfg)
-    gc, bad = _cumsum(g, scalar, BT)
+    gc = _cumsum(g, scalar, BT)
     hs, ht = _states(k, v, gc, h0, output_final_state, scalar, BT)
     A = _intra(q, k, gc, scalar, BT)
     o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=q.device)
@@ -1116,7 +1107,6 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         num_warps=cfg["warps_chunk"],
         num_stages=cfg["stages"],
     )
-    _check_gates(bad, g)
     return o, ht, (gc, hs, A)
 
 
@@ -1318,10 +1308,9 @@ class _FusedChunkGLA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
-        gc, bad = _cumsum(g, scalar, BT)
+        gc = _cumsum(g, scalar, BT)
         A = None if scalar else _intra(q, k, gc, scalar, BT)
         o, ht = _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT)
-        _check_gates(bad, g)
         ctx.BT = BT
         ctx.save_for_backward(q, k, v, gc, h0, ht, A)
         ctx.scale, ctx.scalar = scale, scalar

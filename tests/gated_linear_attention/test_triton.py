@@ -491,8 +491,7 @@ def test_launches_unchanged_from_ampere_on(record_launches, dtype, K):
                 if "BV" in kw:
                     assert kw["BV"] == min(cfg["BV"] if BK <= 128 else cfg["BV_K256"], 32), name
                 if "num_stages" in kw:
-                    stages = cfg["stages_intra" if name == "_fwd_intra_kernel" else "stages"]
-                    assert kw["num_stages"] == stages, name
+                    assert kw["num_stages"] == cfg["stages"], name
 
 
 @pytest.mark.parametrize("chunk_size", [None, 128])
