@@ -272,11 +272,13 @@ def gated_linear_attention_chunkwise(
     vd = vc * torch.exp(total_v[:, :, None] - bv)  # [B, N, C, H, V]
     writes = torch.einsum("bnjhk,bnjhv->bnhkv", kd, vd)  # [B, N, H, K, V]
     decay = torch.exp(total_k[..., :, None] + total_v[..., None, :])  # [B, N, H, K, V]
-    # the only loop: carry the state from chunk to chunk
+    # the only loop: carry the state from chunk to chunk. unbind, not decay[:, n]: the
+    # backward of an index allocates a gradient the size of the whole tensor at every
+    # step (N^2 work over the loop); unbind's backward stacks the N pieces once.
     states = []
-    for n in range(N):
+    for decay_n, writes_n in zip(decay.unbind(1), writes.unbind(1), strict=True):
         states.append(S)
-        S = decay[:, n] * S + writes[:, n]
+        S = decay_n * S + writes_n  # [B, H, K, V]
     S_before = torch.stack(states, dim=1)  # [B, N, H, K, V]
     o_inter = torch.einsum("bnihk,bnhkv,bnihv->bnihv", qc * torch.exp(bk), S_before, torch.exp(bv))
     o = scale * (o_inter + o_intra)  # [B, N, C, H, V]
