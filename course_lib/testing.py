@@ -193,3 +193,29 @@ def compare(
         raise AssertionError(f"{impl.name} returned {len(got)} outputs, reference {len(ref)}")
     errors = [rel_error(g, r) for g, r in zip(got, ref, strict=True) if r is not None]
     return Comparison(impl.name, case, _dtype_name(dtype), errors, TOLERANCE[_dtype_name(dtype)])
+
+
+def autograd_nodes(outputs: Any) -> list[Any]:
+    """Every node of the autograd graph behind ``outputs`` (a tensor or a nest of them),
+    each once: for tests of how a form is differentiated, such as "no per-step index"
+    (``SelectBackward0`` over the time axis), whose backward writes a gradient the size of
+    the whole indexed tensor at every step."""
+    stack = [t.grad_fn for t in flatten(outputs) if getattr(t, "grad_fn", None) is not None]
+    seen: set[Any] = set()
+    nodes: list[Any] = []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.append(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return nodes
+
+
+def indexes_along(nodes: list[Any], size: int) -> int:
+    """How many of ``nodes`` take one index of an axis of length ``size`` (``x[:, t]``)."""
+    return sum(
+        type(n).__name__ == "SelectBackward0" and n._saved_self_sym_sizes[n._saved_dim] == size
+        for n in nodes
+    )

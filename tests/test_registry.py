@@ -6,7 +6,7 @@ import pytest
 
 from course_lib import registry, runtime
 from course_lib.registry import Sizes
-from course_lib.testing import compare
+from course_lib.testing import NumpyRand, autograd_nodes, compare, indexes_along, to_backend
 
 # Awkward sizes: T=1, B=1, T not a multiple of any chunk, odd head dims.
 SIZES = [
@@ -65,3 +65,25 @@ def test_every_mechanism_has_numpy_and_torch() -> None:
     for name in registry.mechanisms():
         backends = {impl.backend for impl in registry.implementations(name)}
         assert {"numpy", "torch"} <= backends, f"{name} has only {sorted(backends)}"
+
+
+TORCH_GRAD_IMPLS = [
+    (impl, case)
+    for impl, case in registry.iter_cases()
+    if impl.backend == "torch" and impl.differentiable
+]
+
+
+@pytest.mark.parametrize(("impl", "case"), TORCH_GRAD_IMPLS, ids=lambda p: getattr(p, "name", p))
+def test_torch_forms_do_not_index_per_step(impl: registry.Impl, case: str) -> None:
+    """No PyTorch form takes its step t (or chunk n) by an index such as ``x[:, t]``: the
+    backward of each index writes a gradient the size of all of ``x``, so T steps cost
+    T^2 (found on an H200 as a forward+backward slope of 1.9). Loops take their steps by
+    ``unbind``; a few fixed indices (a chunk's last gate) stay far below T."""
+    T = 24
+    mech = registry.mechanism(impl.mechanism)
+    inputs = mech.inputs(NumpyRand(0), Sizes(B=1, T=T, H=2, K=4, V=3, D=3, N=2), case)
+    args = to_backend(inputs, "torch", "float64", "cpu", mech.fp32_inputs, requires_grad=True)
+    nodes = autograd_nodes(impl(**args))
+    assert nodes, f"{impl.name}: no autograd graph"
+    assert indexes_along(nodes, T) < T // 2, f"{indexes_along(nodes, T)} indices along T"

@@ -50,10 +50,12 @@ def ssd_scan(
     x, dt, A, B, C, h = _prepare(x, dt, A, B, C, initial_state)
     decay = torch.exp(dt * A)  # [B, T, H]
     ys = []
-    for t in range(x.shape[1]):
-        write = torch.einsum("bh,bhn,bhp->bhnp", dt[:, t], B[:, t], x[:, t])
-        h = decay[:, t, :, None, None] * h + write  # [B, H, N, P]
-        ys.append(torch.einsum("bhnp,bhn->bhp", h, C[:, t]))
+    # unbind(1), not [:, t]: an index's backward writes a gradient of the whole tensor
+    steps = zip(*(y.unbind(1) for y in (dt, B, x, decay, C)), strict=True)
+    for dt_t, B_t, x_t, decay_t, C_t in steps:
+        write = torch.einsum("bh,bhn,bhp->bhnp", dt_t, B_t, x_t)
+        h = decay_t[:, :, None, None] * h + write  # [B, H, N, P]
+        ys.append(torch.einsum("bhnp,bhn->bhp", h, C_t))
     y = torch.stack(ys, 1) if ys else x.new_zeros(x.shape)  # [B, T, H, P]
     return y.to(dtype), (h if output_final_state else None)
 

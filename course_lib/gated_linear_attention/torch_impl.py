@@ -120,10 +120,13 @@ def gated_linear_attention_recurrent(
     dtype = v.dtype
     q, k, v, gk_full, gv_full, scale, S = _prepare(q, k, v, gk, gv, scale, initial_state)
     outs = []
-    for t in range(q.shape[1]):
-        G = torch.exp(gk_full[:, t, :, :, None] + gv_full[:, t, :, None, :])  # [B, H, K, V]
-        S = G * S + torch.einsum("bhk,bhv->bhkv", k[:, t], v[:, t])
-        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+    # step t's slices by unbind(1), not x[:, t]: the backward of an index writes a
+    # gradient the size of all of x, at every step (T^2 work); unbind's stacks once
+    steps = zip(*(x.unbind(1) for x in (q, k, v, gk_full, gv_full)), strict=True)
+    for q_t, k_t, v_t, gk_t, gv_t in steps:
+        G = torch.exp(gk_t[..., :, None] + gv_t[..., None, :])  # [B, H, K, V]
+        S = G * S + torch.einsum("bhk,bhv->bhkv", k_t, v_t)
+        outs.append(scale * torch.einsum("bhkv,bhk->bhv", S, q_t))
     o = torch.stack(outs, dim=1)  # [B, T, H, V]
     return o.to(dtype), (S if output_final_state else None)
 

@@ -108,11 +108,11 @@ def shift_ssm_recurrent(
     dims = checks.check_shapes(dims, kernel=(kernel, "D W"), initial_state=(initial_state, "B D W"))
     real = _real_dtype(x)
     xc, kernel = x.to(real), kernel.to(real)
-    Bsz, T, Dn = x.shape
+    Bsz, _, Dn = x.shape
     h = xc.new_zeros(Bsz, Dn, kernel.shape[1]) if initial_state is None else initial_state.to(real)
     ys = []
-    for t in range(T):
-        h = torch.cat([xc[:, t, :, None], h[..., :-1]], dim=-1)  # [B, D, W]
+    for x_t in xc.unbind(1):  # not xc[:, t], whose backward writes all of xc at every t
+        h = torch.cat([x_t[..., None], h[..., :-1]], dim=-1)  # [B, D, W]
         ys.append(torch.einsum("dw,bdw->bd", kernel, h))
     return torch.stack(ys, 1).to(x.dtype), (h if output_final_state else None)
 
@@ -170,10 +170,10 @@ def h3_recurrent(
     Bsz, T, _, Kh = q.shape
     S = xc.new_zeros((Bsz, H, Abar.shape[1], Kh, Kh), dtype=Abar.dtype)
     outs = []
-    for t in range(T):
-        kv = torch.einsum("bhd,bhe->bhde", kbar[:, t], v[:, t])  # [B, H, K, K]
+    for q_t, k_t, v_t in zip(q.unbind(1), kbar.unbind(1), v.unbind(1), strict=True):
+        kv = torch.einsum("bhd,bhe->bhde", k_t, v_t)  # [B, H, K, K]
         S, Z = _diag_step(Abar, Bbar, C, Dskip, S, kv)
-        outs.append(torch.einsum("bhd,bhde->bhe", q[:, t], Z))  # [B, H, K]
+        outs.append(torch.einsum("bhd,bhde->bhe", q_t, Z))  # [B, H, K]
     o = torch.stack(outs, 1).reshape(Bsz, T, -1)  # [B, T, D]
     return (o @ Wp["Wo"]).to(x.dtype)
 

@@ -109,12 +109,14 @@ def linear_attention_recurrent(
     p = _prepare(q, k, v, scale, feature_map, normalize, initial_state, output_final_state)
     S, z = p.S0, p.z0
     outs = []
-    for t in range(p.q.shape[1]):
-        S = S + torch.einsum("bhk,bhv->bhkv", p.k[:, t], p.v[:, t])  # [B, H, K, V]
-        z = z + p.k[:, t]  # [B, H, K]
-        o_t = torch.einsum("bhkv,bhk->bhv", S, p.q[:, t])  # [B, H, V]
+    # step t's slices by unbind(1), not x[:, t]: the backward of an index writes a
+    # gradient the size of all of x, at every step (T^2 work); unbind's stacks once
+    for q_t, k_t, v_t in zip(p.q.unbind(1), p.k.unbind(1), p.v.unbind(1), strict=True):
+        S = S + torch.einsum("bhk,bhv->bhkv", k_t, v_t)  # [B, H, K, V]
+        z = z + k_t  # [B, H, K]
+        o_t = torch.einsum("bhkv,bhk->bhv", S, q_t)  # [B, H, V]
         if normalize:
-            o_t = o_t / (torch.einsum("bhk,bhk->bh", z, p.q[:, t])[..., None] + EPS)
+            o_t = o_t / (torch.einsum("bhk,bhk->bh", z, q_t)[..., None] + EPS)
         outs.append(o_t)
     o = torch.stack(outs, dim=1)  # [B, T, H, V]
     return o.to(p.dtype), _final(S, z, normalize, output_final_state)

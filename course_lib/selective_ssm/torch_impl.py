@@ -102,8 +102,9 @@ def selective_scan_sequential(
     u, C, D, z, a, b, h = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                    initial_state)  # fmt: skip
     hs = []
-    for t in range(a.shape[1]):
-        h = a[:, t] * h + b[:, t]  # [B, D, N]
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1), strict=True):  # not a[:, t]: its backward
+        # would write a gradient of all of a at every step (T^2 work)
+        h = a_t * h + b_t  # [B, D, N]
         hs.append(h)
     return _finish(_readout(torch.stack(hs, 1), C, u, D, z), h, u_in, return_last_state)
 

@@ -278,14 +278,14 @@ def lti_ssm_recurrent(
     Returns ``(y [B, T, D], final_state [B, D, N] or None)``.
     """
     xc, Abar, Bbar, C, skip, h0 = _prepare(x, A, B, C, dt, D, method, initial_state)
-    Bsz, T, Dn = xc.shape
+    Bsz, _, Dn = xc.shape
     complex_ = Abar.is_complex()
     h = xc.new_zeros((Bsz, Dn, Bbar.shape[1]), dtype=Bbar.dtype) if h0 is None else h0
     ys = []
-    for t in range(T):
+    for x_t in xc.unbind(1):  # not xc[:, t], whose backward writes all of xc at every t
         Ah = Abar * h if Abar.dim() == 2 else torch.einsum("dnm,bdm->bdn", Abar, h)
-        h = Ah + Bbar * xc[:, t, :, None]  # [B, D, N]
-        ys.append(_readout(torch.einsum("dn,bdn->bd", C, h), complex_) + skip * xc[:, t])
+        h = Ah + Bbar * x_t[:, :, None]  # [B, D, N]
+        ys.append(_readout(torch.einsum("dn,bdn->bd", C, h), complex_) + skip * x_t)
     y = torch.stack(ys, dim=1)  # [B, T, D]
     return y.to(x.dtype), (h if output_final_state else None)
 
