@@ -26,6 +26,7 @@ B, H, K = 4, 16, 128
 BT = 64
 A_KERNEL = [(64, 4), (64, 8), (32, 2), (32, 4), (16, 1), (16, 2), (16, 4)]  # (rows, warps)
 STATE_SCAN = [(64, 4), (64, 8), (128, 4), (128, 8)]  # (BK_state, warps)
+DEFAULTS = copy.deepcopy(G.CONFIG)  # the committed launch settings, restored after each variant
 
 
 def inputs(T: int):
@@ -86,8 +87,6 @@ def sweep(T: int) -> None:
         both = do_bench(run, warmup=3, rep=60, grad_to_none=xg)
         say(f"T={T} {name}: fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms")
 
-
-DEFAULTS = copy.deepcopy(G.CONFIG)
 
 if __name__ == "__main__":
     for T in [int(a) for a in sys.argv[1:]] or [16384, 65536]:
