@@ -208,6 +208,9 @@ def _config(x: torch.Tensor) -> dict:
     return _settings(runtime.device_capability(x.device))
 
 
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): e^x = 2^{x log2 e}
+
+
 def _pow2(n: int, low: int = 16) -> int:
     return max(low, triton.next_power_of_2(n))
 
@@ -383,18 +386,22 @@ def _fwd_intra_kernel(
         after = idx >= (i_j + 1) * BC  # rows after block J (its own rows: diagonal, below)
         mask = ((rows < T) & after)[:, None] & (cols_c[None, :] < BC)
         tl.store(a_rows[:, None] + (i_j * BC + cols_c)[None, :], tile, mask=mask)
-    # the diagonal blocks, the program's rows as [NR, BC, BK]
+    # The diagonal blocks, the program's rows as [NR, BC, BK]. This loop is most of the
+    # kernel's work, so it runs lean: gates in base 2 (e^x = 2^{x log2 e}, the scaling done
+    # once per tile, not per exponent) and no select inside the sum. Rows before the key
+    # (i < j) would have an exponent b_i - b_j >= 0: clamped to 0 (so nothing overflows),
+    # their sums are thrown away by the one select on the [NR, BC] result.
     q3 = tl.reshape(q, (NR, BC, BK))
-    b3 = tl.reshape(b, (NR, BC, BK))
+    b3 = tl.reshape(b * LOG2E, (NR, BC, BK))
     first = r0 + tl.arange(0, NR) * BC  # [NR] first row of each sub-chunk, inside the chunk
     rows2 = t0 + first[:, None] + cols_c[None, :]  # [NR, BC] time index of each row
     for j in range(BC):
         key = t0 + first + j  # [NR] the key each sub-chunk's rows meet at offset j
         k_p = _load_pairs(k_ptr + kbase, key, T, cols_k, K, H * K).to(tl.float32)  # [NR, BK]
-        b_p = _load_pairs(gc_ptr + kbase, key, T, cols_k, K, H * K)
-        keep = (cols_c >= j)[None, :, None]  # key at or before the row (else zero)
-        e = tl.exp(tl.minimum(tl.where(keep, b3 - b_p[:, None, :], 0.0), 0.0))
-        a = tl.sum(tl.where(keep, q3 * k_p[:, None, :] * e, 0.0), axis=2)  # [NR, BC]
+        b_p = _load_pairs(gc_ptr + kbase, key, T, cols_k, K, H * K) * LOG2E
+        e = tl.exp2(tl.minimum(b3 - b_p[:, None, :], 0.0))  # [NR, BC, BK]
+        a = tl.sum(q3 * k_p[:, None, :] * e, axis=2)  # [NR, BC]
+        a = tl.where(cols_c[None, :] >= j, a, 0.0)  # key at or before the row (else zero)
         a_ptrs = A_ptr + abase + rows2 * H * BT + (first + j)[:, None]
         tl.store(a_ptrs, a, mask=rows2 < T)
 
@@ -996,18 +1003,31 @@ def _blocks(K, V, cfg=CONFIG):
 
 
 def _cumsum(g, scalar, BT):
-    """Within-chunk cumulative log gates b (fp32, g's shape). The same pass over g checks
-    that every gate is finite and <= 0 (the exact check runs only when one is not, for
-    its message): at T = 64k g is gigabytes, and a separate check would read it again."""
+    """Within-chunk cumulative log gates b (fp32, g's shape) and ``bad`` [B*H, N] int32:
+    the same pass over g counts the gates that are not finite and <= 0, for
+    :func:`_check_bad` (the exact check runs only when one is not, for its message): at
+    T = 64k g is gigabytes, and a separate check would read it again. Off the GPU (the
+    interpreter runs every launch to its end anyway) the check runs here and ``bad`` is
+    None, so no later kernel computes with a bad gate."""
     B, T, H = g.shape[:3]
     K = 1 if scalar else g.shape[3]
     N = triton.cdiv(T, BT)
     gc = runtime.new_empty(tuple(g.shape), dtype=torch.float32, device=g.device)
     bad = torch.empty((B * H, N), dtype=torch.int32, device=g.device)  # every entry written
     _chunk_cumsum_kernel[(N, B * H)](g, gc, bad, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar)
-    if bool(bad.any()):
+    if not g.is_cuda:
+        _check_bad(bad, g)
+        return gc, None
+    return gc, bad
+
+
+def _check_bad(bad: torch.Tensor | None, g: torch.Tensor) -> None:
+    """Raise the exact gate check's error when :func:`_cumsum` counted a bad gate. Reading
+    the count waits for the GPU, so the forwards call this after their last launch: the
+    kernels are queued back to back instead of the GPU idling while the host looks and
+    launches the next one. ``bad`` None: nothing left to check."""
+    if bad is not None and bool(bad.any()):
         checks.check_log_gate("g", g.detach())
-    return gc
 
 
 def _states(k, v, gc, h0, output_final_state, scalar, BT):
@@ -1083,7 +1103,7 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
     B, T, H, K, V, N = _sizes(q, v, BT)
     cfg = _config(q)
     BK, BVb = _blocks(K, V, cfg)
-    gc = _cumsum(g, scalar, BT)
+    gc, bad = _cumsum(g, scalar, BT)
     hs, ht = _states(k, v, gc, h0, output_final_state, scalar, BT)
     A = _intra(q, k, gc, scalar, BT)
     o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=q.device)
@@ -1107,6 +1127,7 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         num_warps=cfg["warps_chunk"],
         num_stages=cfg["stages"],
     )
+    _check_bad(bad, g)  # after the last launch
     return o, ht, (gc, hs, A)
 
 
@@ -1308,9 +1329,10 @@ class _FusedChunkGLA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
-        gc = _cumsum(g, scalar, BT)
+        gc, bad = _cumsum(g, scalar, BT)
         A = None if scalar else _intra(q, k, gc, scalar, BT)
         o, ht = _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT)
+        _check_bad(bad, g)  # after the last launch
         ctx.BT = BT
         ctx.save_for_backward(q, k, v, gc, h0, ht, A)
         ctx.scale, ctx.scalar = scale, scalar
