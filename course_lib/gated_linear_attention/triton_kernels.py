@@ -110,11 +110,17 @@ CONFIG = {
     "warps_chunk": 4,  # per-chunk kernels
     # The vector-gate A kernel: one program per intra_rows rows of a chunk, holding their
     # q and b as [rows, BK] fp32 tiles. Few rows and few warps keep many small programs
-    # resident on an SM. H200, bf16, K = 128, T = 16384 (65536): 16 rows on 2 warps take
-    # 1.93 ms (7.66), 32 rows on 2 warps 2.13 (8.46), the whole chunk on 4 warps 2.30
-    # (9.31), on 8 warps 3.82 (15.4); the same sweep found 16 rows on 1 or 4 warps slower.
+    # resident on an SM. H200, bf16, K = 128, T = 16384 (65536), the diagonal loop as it
+    # was before the sixth session (two selects on the tile, base e): 16 rows on 2 warps
+    # took 1.93 ms (7.66), 32 rows on 2 warps 2.13 (8.46), the whole chunk on 4 warps 2.30
+    # (9.31), on 8 warps 3.82 (15.4), 16 rows on 1 or 4 warps more than on 2. With the
+    # lean loop (sixth session, same process as fla): 16 rows on 1 warp 1.50 (5.94), on 2
+    # warps 1.64 (6.49), on 4 warps 2.40 (9.54); 32 rows on 2 warps 1.76 (6.97), on 4 2.51.
+    # One warp a program at K = 128 spills a few bytes (sm_90, triton 3.6: 8 B stored) and
+    # is still the fastest; the warps double with each doubling of BK past 128, so the
+    # tiles per thread stay the same (1 warp at K = 256 spilled over a kilobyte).
     "intra_rows": 16,
-    "warps_intra": 2,
+    "warps_intra": 1,  # ... per 128 key columns
     "stages": 2,  # software pipelining of loads in loops: 2 keeps the fp32 K = 256 scans
     #               within shared memory (Triton's default 3 does not fit there)
     "BK_dg": 32,  # key columns per program of the gate-gradient scan
@@ -1003,31 +1009,18 @@ def _blocks(K, V, cfg=CONFIG):
 
 
 def _cumsum(g, scalar, BT):
-    """Within-chunk cumulative log gates b (fp32, g's shape) and ``bad`` [B*H, N] int32:
-    the same pass over g counts the gates that are not finite and <= 0, for
-    :func:`_check_bad` (the exact check runs only when one is not, for its message): at
-    T = 64k g is gigabytes, and a separate check would read it again. Off the GPU (the
-    interpreter runs every launch to its end anyway) the check runs here and ``bad`` is
-    None, so no later kernel computes with a bad gate."""
+    """Within-chunk cumulative log gates b (fp32, g's shape). The same pass over g checks
+    that every gate is finite and <= 0 (the exact check runs only when one is not, for
+    its message): at T = 64k g is gigabytes, and a separate check would read it again."""
     B, T, H = g.shape[:3]
     K = 1 if scalar else g.shape[3]
     N = triton.cdiv(T, BT)
     gc = runtime.new_empty(tuple(g.shape), dtype=torch.float32, device=g.device)
     bad = torch.empty((B * H, N), dtype=torch.int32, device=g.device)  # every entry written
     _chunk_cumsum_kernel[(N, B * H)](g, gc, bad, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar)
-    if not g.is_cuda:
-        _check_bad(bad, g)
-        return gc, None
-    return gc, bad
-
-
-def _check_bad(bad: torch.Tensor | None, g: torch.Tensor) -> None:
-    """Raise the exact gate check's error when :func:`_cumsum` counted a bad gate. Reading
-    the count waits for the GPU, so the forwards call this after their last launch: the
-    kernels are queued back to back instead of the GPU idling while the host looks and
-    launches the next one. ``bad`` None: nothing left to check."""
-    if bad is not None and bool(bad.any()):
+    if bool(bad.any()):
         checks.check_log_gate("g", g.detach())
+    return gc
 
 
 def _states(k, v, gc, h0, output_final_state, scalar, BT):
@@ -1080,7 +1073,7 @@ def _intra(q, k, gc, scalar, BT):
     else:  # sub-chunk tiles (module docstring)
         BR = max(BC, min(cfg["intra_rows"], BT))
         grid, kernel, kw = (N * (BT // BR), B * H), _fwd_intra_kernel, {"BC": BC, "BR": BR}
-        warps = cfg["warps_intra"]
+        warps = cfg["warps_intra"] * max(1, _pow2(K) // 128)
     kernel[grid](
         q,
         k,
@@ -1103,7 +1096,7 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
     B, T, H, K, V, N = _sizes(q, v, BT)
     cfg = _config(q)
     BK, BVb = _blocks(K, V, cfg)
-    gc, bad = _cumsum(g, scalar, BT)
+    gc = _cumsum(g, scalar, BT)
     hs, ht = _states(k, v, gc, h0, output_final_state, scalar, BT)
     A = _intra(q, k, gc, scalar, BT)
     o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=q.device)
@@ -1127,7 +1120,6 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         num_warps=cfg["warps_chunk"],
         num_stages=cfg["stages"],
     )
-    _check_bad(bad, g)  # after the last launch
     return o, ht, (gc, hs, A)
 
 
@@ -1329,10 +1321,9 @@ class _FusedChunkGLA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
-        gc, bad = _cumsum(g, scalar, BT)
+        gc = _cumsum(g, scalar, BT)
         A = None if scalar else _intra(q, k, gc, scalar, BT)
         o, ht = _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT)
-        _check_bad(bad, g)  # after the last launch
         ctx.BT = BT
         ctx.save_for_backward(q, k, v, gc, h0, ht, A)
         ctx.scale, ctx.scalar = scale, scalar
