@@ -22,7 +22,7 @@ For the keys of a sub-chunk ``J`` and a row ``i`` after it, pick the last row ``
 ``J`` (``j <= r < i``): ``e^{b_i - b_j} = e^{b_i - b_r} e^{b_r - b_j}``, two factors <= 1,
 and the whole column block is ``(q ⊙ e^{b - b_r}) (k_J ⊙ e^{b_r - b_J})^T``, a matrix
 product (rows at or before ``r`` masked). The diagonal [BC, BC] blocks are summed one key
-offset at a time with masked exponents. A scalar gate (one number per row) has no such
+offset at a time with clamped exponents. A scalar gate (one number per row) has no such
 problem: ``A = (q k^T) ⊙ D`` with the chunk's [BT, BT] decay mask ``D_ij = e^{b_i - b_j}``,
 one product per chunk.
 
