@@ -354,6 +354,27 @@ def test_gpu_half_precision(dtype, scalar, K):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused", [False, True], ids=["chunk", "fused"])
+@pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
+@pytest.mark.parametrize("bad", [float("nan"), 0.5, float("-inf")], ids=["nan", "pos", "-inf"])
+def test_gpu_rejects_a_bad_gate(bad, scalar, fused):
+    """Compiled, the forward's cumulative-sum pass counts the bad gates on the GPU and the
+    host reads the count: one bad gate among thousands raises, naming g; with that gate
+    put right, the same inputs run and give finite outputs."""
+    x = {
+        n: torch.from_numpy(a).float().to(DEVICE)
+        for n, a in _draw(2, 1000, 3, 64, 32, scalar).items()
+    }
+    fn = _function(scalar, fused)
+    good = x["g"].clone()
+    x["g"].view(-1)[good.numel() // 2 + 7] = bad
+    with pytest.raises(ValueError, match="g"):
+        fn(x["q"], x["k"], x["v"], x["g"], initial_state=x["h0"])
+    o, ht = fn(x["q"], x["k"], x["v"], good, initial_state=x["h0"], output_final_state=True)
+    assert torch.isfinite(o).all() and torch.isfinite(ht).all()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("scalar", [False, True], ids=["vector", "scalar"])
 def test_gpu_long_sequence(scalar):
     _check(1, 4100, 2, 64, 64, scalar, 64, dtype=torch.bfloat16, seed=1)
