@@ -1009,18 +1009,47 @@ def _blocks(K, V, cfg=CONFIG):
 
 
 def _cumsum(g, scalar, BT):
-    """Within-chunk cumulative log gates b (fp32, g's shape). The same pass over g checks
-    that every gate is finite and <= 0 (the exact check runs only when one is not, for
-    its message): at T = 64k g is gigabytes, and a separate check would read it again."""
+    """Within-chunk cumulative log gates b (fp32, g's shape), and the gate check as a
+    :class:`_GateCheck` whose ``wait()`` the caller runs after its own launches: the same
+    pass over g counts the gates that are not finite and <= 0 (the exact check runs only
+    when one is not, for its message): at T = 64k g is gigabytes, and a separate check
+    would read it again."""
     B, T, H = g.shape[:3]
     K = 1 if scalar else g.shape[3]
     N = triton.cdiv(T, BT)
     gc = runtime.new_empty(tuple(g.shape), dtype=torch.float32, device=g.device)
     bad = torch.empty((B * H, N), dtype=torch.int32, device=g.device)  # every entry written
     _chunk_cumsum_kernel[(N, B * H)](g, gc, bad, T, H, K, BT=BT, BK=_pow2(K), SCALAR=scalar)
-    if bool(bad.any()):
-        checks.check_log_gate("g", g.detach())
-    return gc
+    return gc, _GateCheck(bad, g)
+
+
+class _GateCheck:
+    """Whether any gate was bad, without stalling the GPU. Reading a count from the GPU
+    makes the host wait for it; waiting right after the cumulative sum would leave the GPU
+    idle while the host then launches the next kernel (tens of microseconds, about a tenth
+    of the forward at T = 2048), and waiting after the last kernel would idle it while the
+    host prepares the next call. So ``bad.any()`` is copied into pinned host memory
+    behind the cumulative sum, an event marks the copy, the caller queues its other
+    kernels, and ``wait()`` blocks only until the copy has landed (the queued kernels run
+    on meanwhile), then raises the exact check's error if a gate was bad. Off the GPU the
+    interpreter has run the launch to its end already, and the check runs at once."""
+
+    def __init__(self, bad: torch.Tensor, g: torch.Tensor):
+        self.g, self.done = g, None
+        if g.is_cuda:
+            self.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.flag.copy_(bad.any(), non_blocking=True)
+            self.done = torch.cuda.Event()
+            self.done.record(torch.cuda.current_stream(g.device))
+        else:
+            self.flag = bad.any()
+            self.wait()
+
+    def wait(self) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+        if bool(self.flag):
+            checks.check_log_gate("g", self.g.detach())
 
 
 def _states(k, v, gc, h0, output_final_state, scalar, BT):
@@ -1096,7 +1125,7 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
     B, T, H, K, V, N = _sizes(q, v, BT)
     cfg = _config(q)
     BK, BVb = _blocks(K, V, cfg)
-    gc = _cumsum(g, scalar, BT)
+    gc, gate_check = _cumsum(g, scalar, BT)
     hs, ht = _states(k, v, gc, h0, output_final_state, scalar, BT)
     A = _intra(q, k, gc, scalar, BT)
     o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=q.device)
@@ -1120,6 +1149,7 @@ def _chunk_forward(q, k, v, g, scale, h0, output_final_state, scalar, BT):
         num_warps=cfg["warps_chunk"],
         num_stages=cfg["stages"],
     )
+    gate_check.wait()
     return o, ht, (gc, hs, A)
 
 
@@ -1321,9 +1351,10 @@ class _FusedChunkGLA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, scalar, BT):
-        gc = _cumsum(g, scalar, BT)
+        gc, gate_check = _cumsum(g, scalar, BT)
         A = None if scalar else _intra(q, k, gc, scalar, BT)
         o, ht = _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT)
+        gate_check.wait()
         ctx.BT = BT
         ctx.save_for_backward(q, k, v, gc, h0, ht, A)
         ctx.scale, ctx.scalar = scale, scalar

@@ -117,9 +117,14 @@ EPS = 1e-10  # the normaliser's eps, as in numpy_ref
 #   second read of q, k mostly hits L2. "max_state" caps BK * BV (K = 256 -> BV = 32).
 #   The loads of chunk n + 1 do not depend on S, so the software pipeliner can issue them
 #   while chunk n computes: num_stages buffers of (q, k, v) chunks in shared memory, as
-#   many as fit in "stage_bytes" (bf16, K = 128, C = 64: 40 KB a stage -> 2 stages; fp32
-#   or K = 256 -> 1, so that no shape runs out of the 228 KB of shared memory), at most
-#   "num_stages". 8 warps when K > 128 spread the larger q, k tiles over more registers.
+#   many as fit in "pipeline_bytes", at most "num_stages" (bf16, K = 128, C = 64: 40 KB a
+#   stage -> 3 stages, 136 KB of shared memory in the sm_90 build; bf16 at K = 256 -> 2,
+#   152 KB; fp32 at K = V = 128 -> 1). "stage_bytes" bounds one stage: a shape whose one
+#   (q, k, v) chunk is larger runs the chunkwise kernels (_fused_fits). H200, bf16,
+#   B = 4, H = 16, K = V = 128, T = 65536 (16384): 3 stages take 1.44 ms (0.35), 2 stages
+#   (pipeline_bytes 100 KB, the fifth session's setting) 2.17 (0.55), 1 stage 2.78; the
+#   memory floor is 1.01 ms. 8 warps when K > 128 spread the larger q, k tiles over more
+#   registers.
 CONFIG: dict[str, dict[str, int]] = {
     "state": {"BP": 64, "BR": 64, "num_warps": 4, "num_stages": 3},
     "output": {"BP": 64, "BR": 128, "num_warps": 8, "num_stages": 2},
@@ -131,6 +136,7 @@ CONFIG: dict[str, dict[str, int]] = {
         "num_warps_wide": 8,
         "num_stages": 3,
         "stage_bytes": 100_000,
+        "pipeline_bytes": 160_000,
     },
 }
 # Below compute capability 8.0 (a T4, sm_75) a block may use at most 64 KB of shared memory
@@ -532,7 +538,7 @@ def _launch_fused(
     BK = _block(K, FUSED_MAX_K)
     BV = _block(V, min(cfg["BV"], max(16, cfg["max_state"] // BK)))
     stage = chunk_size * (2 * BK + BV) * q.element_size()  # bytes of one (q, k, v) chunk
-    num_stages = max(1, min(cfg["num_stages"], cfg["stage_bytes"] // stage))
+    num_stages = max(1, min(cfg["num_stages"], cfg["pipeline_bytes"] // stage))
     num_warps = cfg["num_warps"] if BK <= 128 else cfg["num_warps_wide"]
     grid = (triton.cdiv(V, BV), B * H)
     _fused_chunk_fwd_kernel[grid](

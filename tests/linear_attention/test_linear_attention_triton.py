@@ -149,9 +149,9 @@ STATE, OUTPUT = "_chunk_state_kernel", "_chunk_output_kernel"
 # (K, chunk, dtype): the launches CONFIG gives (V = 24), pinned before the pre-Ampere rules
 CONFIG_LAUNCHES = {
     (16, 128, torch.float16): [(FUSED, dict(BT=128, BK=16, BV=32, num_warps=4, num_stages=3))],
-    (100, 128, torch.float16): [(FUSED, dict(BT=128, BK=128, BV=32, num_warps=4, num_stages=1))],
-    (256, 64, torch.float16): [(FUSED, dict(BT=64, BK=256, BV=32, num_warps=8, num_stages=1))],
-    (100, 64, torch.float32): [(FUSED, dict(BT=64, BK=128, BV=32, num_warps=4, num_stages=1))],
+    (100, 128, torch.float16): [(FUSED, dict(BT=128, BK=128, BV=32, num_warps=4, num_stages=2))],
+    (256, 64, torch.float16): [(FUSED, dict(BT=64, BK=256, BV=32, num_warps=8, num_stages=2))],
+    (100, 64, torch.float32): [(FUSED, dict(BT=64, BK=128, BV=32, num_warps=4, num_stages=2))],
     (256, 128, torch.float32): [  # fp32 at K = 256: over the H200's shared memory fused
         (STATE, dict(BT=128, BP=64, BR=32, num_warps=4, num_stages=3)),
         (OUTPUT, dict(BT=128, BP=64, BR=32, num_warps=8, num_stages=2)),
@@ -161,7 +161,7 @@ CONFIG_LAUNCHES = {
 # (q, k, v) chunk takes at most PRE_AMPERE["fused_stage_bytes"]
 PRE_AMPERE_LAUNCHES = {
     (16, 128, torch.float16): [(FUSED, dict(BT=64, BK=16, BV=32, num_warps=4, num_stages=3))],
-    (100, 128, torch.float16): [(FUSED, dict(BT=64, BK=128, BV=32, num_warps=4, num_stages=2))],
+    (100, 128, torch.float16): [(FUSED, dict(BT=64, BK=128, BV=32, num_warps=4, num_stages=3))],
     (256, 64, torch.float16): [
         (STATE, dict(BT=64, BP=64, BR=32, num_warps=4, num_stages=3)),
         (OUTPUT, dict(BT=64, BP=64, BR=32, num_warps=8, num_stages=2)),
