@@ -164,6 +164,7 @@ CONFIG = {
     "fused": {
         "BV": 64,
         "BV_K256": 32,
+        "BV_K256_fp32_scalar": 16,
         "num_warps": 4,
         "num_warps_wide": 8,
         "tile_wide": 64 * 64,
@@ -327,12 +328,18 @@ def _fwd_states_kernel(
         tl.store(hs_ptr + (i_bh.to(tl.int64) * N + i_n) * K * V + soffs, h, mask=smask)
         rows = i_n * BT + tl.arange(0, BT)
         last = tl.minimum(i_n * BT + BT, T) - 1
-        b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BT, BK]
-        b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)  # [BK]
         k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
         v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)  # [BT, BV]
-        k_dec = (k * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(v.dtype)
-        h = h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_dec), v)
+        if SCALAR:  # one decay per row: scale v's rows (as the fused walk does)
+            b = tl.load(gc_ptr + gbase + rows * H, mask=rows < T, other=0.0)  # [BT]
+            b_last = tl.load(gc_ptr + gbase + last * H)
+            v_dec = (v * tl.exp(tl.minimum(b_last - b, 0.0))[:, None]).to(v.dtype)
+            h = h * tl.exp(b_last) + tl.dot(tl.trans(k), v_dec)
+        else:
+            b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BT, BK]
+            b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)  # [BK]
+            k_dec = (k * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(v.dtype)
+            h = h * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_dec), v)
     if STORE_HT:
         tl.store(ht_ptr + i_bh.to(tl.int64) * K * V + soffs, h, mask=smask)
 
@@ -489,7 +496,8 @@ def _fused_fwd_kernel(
     """For n = 0 .. N-1, with S = h_n in fp32 registers (never stored per chunk):
     o = scale * [(q ⊙ e^b) S + A v], then S <- e^{b_L} ⊙ S + (k ⊙ e^{b_L - b})^T v.
     A is read from memory (vector gate, [B, T, H, BT] fp32) or computed here as
-    (q k^T) ⊙ D (scalar gate). Grid (cdiv(V, BV), B*H)."""
+    (q k^T) ⊙ D (scalar gate). A scalar gate is one number per row, so it scales rows of
+    the narrower operands: e^{b_i} (q_i S) and k^T (e^{b_L - b} ⊙ v). Grid (cdiv(V, BV), B*H)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     cols_k = tl.arange(0, BK)
@@ -514,27 +522,32 @@ def _fused_fwd_kernel(
         k = _load_rows(k_ptr + kbase, rows, T, cols_k, K, H * K, 0.0)  # [BT, BK]
         v = _load_rows(v_ptr + vbase, rows, T, cols_v, V, H * V, 0.0)  # [BT, BV]
         if SCALAR:
+            # one decay per row: scale the [BT, BV] product and v's rows instead of the
+            # wider [BT, BK] q and k tiles (K = 128, BV = 64: half the multiplies, and q
+            # and k reach the tensor cores as loaded)
             b = tl.load(gc_ptr + gbase + rows * H, mask=rows < T, other=0.0)  # [BT]
             b_last = tl.load(gc_ptr + gbase + last * H)
             A = tl.dot(q, tl.trans(k)) * _scalar_decay(b, rows, T, BT)  # [BT, BT] fp32
-            qg = (q * tl.exp(b)[:, None]).to(v.dtype)
-            k_dec = (k * tl.exp(tl.minimum(b_last - b, 0.0))[:, None]).to(v.dtype)
-            decay = tl.exp(b_last) + tl.zeros([BK], dtype=tl.float32)  # [BK]
+            o = tl.dot(q, S.to(v.dtype)) * tl.exp(b)[:, None]  # row i: e^{b_i} q_i S
         else:
             b = _load_gate(gc_ptr + gbase, rows, T, cols_k, K, H, SCALAR)  # [BT, BK]
             b_last = _load_gate_row(gc_ptr + gbase, last, cols_k, K, H, SCALAR)  # [BK]
             A = _load_rows(A_ptr + abase, rows, T, cols_t, BT, H * BT, 0.0)  # [BT, BT]
             qg = (q * tl.exp(b)).to(v.dtype)
             k_dec = (k * tl.exp(tl.minimum(b_last[None, :] - b, 0.0))).to(v.dtype)
-            decay = tl.exp(b_last)  # [BK]
-        o = tl.dot(qg, S.to(v.dtype))
+            o = tl.dot(qg, S.to(v.dtype))
         o = tl.dot(A.to(v.dtype), v, o)  # [BT, BV] fp32
         tl.store(
             o_ptr + vbase + rows[:, None] * H * V + cols_v[None, :],
             (o * scale).to(o_ptr.dtype.element_ty),
             mask=(rows[:, None] < T) & (cols_v[None, :] < V),
         )
-        S = S * decay[:, None] + tl.dot(tl.trans(k_dec), v)  # h_{n+1}
+        # h_{n+1}
+        if SCALAR:
+            v_dec = (v * tl.exp(tl.minimum(b_last - b, 0.0))[:, None]).to(v.dtype)
+            S = S * tl.exp(b_last) + tl.dot(tl.trans(k), v_dec)
+        else:
+            S = S * tl.exp(b_last)[:, None] + tl.dot(tl.trans(k_dec), v)
     if STORE_HT:
         tl.store(ht_ptr + i_bh.to(tl.int64) * K * V + soffs, S, mask=smask)
 
@@ -1296,7 +1309,8 @@ def _fused_launch_config(BT, BK, esize, scalar, settings=CONFIG):
     if not scalar:
         stage += BT * (BK + BT) * 4  # b [BT, BK] and A [BT, BT], fp32
     num_stages = max(1, min(cfg["num_stages"], cfg["stage_bytes"] // stage))
-    num_warps = cfg["num_warps"] if BT * BK <= cfg["tile_wide"] else cfg["num_warps_wide"]
+    wide = BK > 128 if scalar else BT * BK > cfg["tile_wide"]  # scalar: no [BT, BK] fp32 tiles
+    num_warps = cfg["num_warps_wide"] if wide else cfg["num_warps"]
     return num_warps, num_stages
 
 
@@ -1308,6 +1322,8 @@ def _fused_forward(q, k, v, gc, A, scale, h0, output_final_state, scalar, BT):
     cfg = settings["fused"]
     BK = _pow2(K)
     BVb = min(cfg["BV"] if BK <= 128 else cfg["BV_K256"], _pow2(V))
+    if scalar and BK > 128 and q.element_size() == 4:
+        BVb = min(BVb, cfg["BV_K256_fp32_scalar"])
     num_warps, num_stages = _fused_launch_config(BT, BK, q.element_size(), scalar, settings)
     dev = q.device
     o = runtime.new_empty((B, T, H, V), dtype=v.dtype, device=dev)
