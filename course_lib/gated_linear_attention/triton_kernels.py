@@ -146,21 +146,27 @@ CONFIG = {
     # gives 128 programs, about one per SM of the H200's 132 (BV = 128 would halve that).
     # The state block [BK, BV] stays in fp32 registers: 128 x 64 fp32 is 32 registers a
     # thread over 8 warps; K = 256 halves BV to 32 to keep the same budget.
-    # Beside S a chunk holds q, k, (vector gate) b and the scaled q ⊙ e^b, k ⊙ e^{b_L - b}
+    # Beside S a vector-gate chunk holds q, k, b and the scaled q ⊙ e^b, k ⊙ e^{b_L - b}
     # as [BT, BK] tiles, so 8 warps once such a tile exceeds 64 x 64 ("tile_wide") spread
     # them over twice the registers (sm_90 builds with triton 3.6, bf16, K = 128, BT = 64:
-    # 255 registers and a 16 B / 0 B stack frame for the vector / scalar gate with 8 warps,
-    # 208 B / 232 B with 4).
+    # 255 registers and a 16 B stack frame with 8 warps, 208 B with 4). A scalar gate
+    # scales rows of q S and of v instead, so its chunk holds only q and k at that width:
+    # 4 warps up to K = 128 (no spill in the same build), 8 beyond. H200, bf16, B = 4,
+    # H = 16, K = V = 128 (seventh session, same process as fla's chunk_simple_gla): the
+    # scalar fused forward took 2.67 ms at T = 65536 (0.68 at 16384); scaling the q and k
+    # tiles on 8 warps, as before, 4.20 (1.00); rows on 8 warps 3.41, rows of q S only
+    # (k scaled) on 4 warps 3.34.
     # The loads of chunk n + 1 do not depend on S, so the software pipeliner can fetch
     # them while chunk n computes: as many stages as fit "stage_bytes" together (a stage:
     # q, k in the input dtype, plus b and A in fp32 for a vector gate), at most
     # "num_stages", at least 1 (no pipelining). bf16, K = 128, BT = 64: a vector-gate
     # stage is 80 KB -> 2 stages, a scalar-gate stage 32 KB -> 3. Shared memory of the
     # sm_90 builds (triton 3.6, compiled ahead of time without a GPU, 16-byte aligned
-    # pointers): 66 KB and 108 KB there (a third vector-gate stage would fit, 108 KB; not
-    # timed); the largest at BT = 64 is 172 KB (fp32, K = 256, scalar gate). Every shape
-    # stays under the 227 KB a block may use, except fp32 with K = 256 and BT = 128 under
-    # a scalar gate (305 KB), which the chunkwise form's intra kernel exceeds as well.
+    # pointers): 66 KB and 130 KB there (a third vector-gate stage would fit, 108 KB; not
+    # timed). A scalar gate at fp32 and K = 256 holds q, k and k^T as [64, 256] fp32 tiles
+    # and needed 237 KB with V blocks of 32, so it takes "BV_K256_fp32_scalar" (217 KB).
+    # Every shape stays under the 227 KB a block may use, except fp32 with K = 256 and
+    # BT = 128 under a scalar gate, which the chunkwise form's intra kernel exceeds as well.
     "fused": {
         "BV": 64,
         "BV_K256": 32,
